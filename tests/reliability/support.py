@@ -96,3 +96,20 @@ def start_writer(model_dir: Path, out: Path, n: int, offset: int = 0, pause: flo
     """Start :data:`SLOW_WRITER` in a child process."""
     args = (str(model_dir), str(out), str(n), str(offset), str(pause))
     return spawn(SLOW_WRITER, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_shard(out: Path, proc: subprocess.Popen) -> None:
+    """Wait until ``proc``'s store manifest lists a first complete shard."""
+    import json
+    import time
+
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        try:
+            if json.loads((out / "manifest.json").read_text())["shards"]:
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # not written yet (every write is atomic, so never half a file)
+        assert proc.poll() is None, f"the writer exited early: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "the writer never wrote a shard"
+        time.sleep(0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from tests.reliability.support import (
     WRITER_REQUEST,
     partial_files,
     start_writer,
+    wait_for_shard,
     writer_prompts,
 )
 
@@ -69,13 +69,9 @@ def test_record_to_store__two_processes_at_once_are_independent(tiny, tiny_dir, 
     """Two writer processes on two stores; a third writer on a busy store is refused."""
     n = 16
     outs = [tmp_path / "a", tmp_path / "b"]
-    procs = [start_writer(tiny_dir, out, n, offset=100 * i) for i, out in enumerate(outs)]
+    procs = [start_writer(tiny_dir, out, n, 100 * i, pause=0.5) for i, out in enumerate(outs)]
     try:
-        deadline = time.monotonic() + PATIENCE
-        while not (outs[0] / "acts-00000.safetensors").exists():
-            assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "the writer never wrote a shard"
-            time.sleep(0.05)
+        wait_for_shard(outs[0], procs[0])
         if procs[0].poll() is None:  # still writing: a second writer must be refused
             with pytest.raises(BadInputError, match="another process is writing the store"):
                 record_to_store(tiny, writer_prompts(n), outs[0], **WRITER_REQUEST)

@@ -6,7 +6,6 @@ import errno
 import hashlib
 import json
 import signal
-import time
 import zipfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.reliability.support import (
     partial_files,
     spawn,
     start_writer,
+    wait_for_shard,
     writer_prompts,
 )
 
@@ -48,13 +48,9 @@ def _assert_same(a, b) -> None:
 
 def test_record_to_store__resumes_after_sigkill(tiny, tiny_dir, tmp_path, monkeypatch):
     out = tmp_path / "store"
-    proc = start_writer(tiny_dir, out, len(PROMPTS))
+    proc = start_writer(tiny_dir, out, len(PROMPTS), pause=0.5)
     try:
-        deadline = time.monotonic() + PATIENCE
-        while not (out / "acts-00000.safetensors").exists():
-            assert proc.poll() is None, "the writer exited before writing its first shard"
-            assert time.monotonic() < deadline, "the writer never wrote a shard"
-            time.sleep(0.05)
+        wait_for_shard(out, proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
