@@ -1,9 +1,10 @@
 """Prompt data: the sets shipped in ``datasets/``, user prompt files and public benchmarks.
 
-The shipped sets (``harmful``, ``harmless``, ``borderline``, ``backdoor``) are JSONL
-files with the keys ``id, prompt, label, category, split, source``; ``datasets/README.md``
-is their dataset card. Public benchmarks are never downloaded here: the user fetches the
-file and passes its local path to a loader, which reads it in its own format.
+The shipped sets (``harmful``, ``harmless``, ``borderline``, ``backdoor``,
+``benign_alarming``) are JSONL files with the keys ``id, prompt, label, category, split,
+source``; ``datasets/README.md`` is their dataset card. Public benchmarks are never
+downloaded here: the user fetches the file and passes its local path to a loader, which
+reads it in its own format.
 
 Example:
     >>> from probes.data import load, prompts, wrap
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from probes.errors import BadInputError
 
-SETS = ("harmful", "harmless", "borderline", "backdoor")
+SETS = ("harmful", "harmless", "borderline", "backdoor", "benign_alarming")
 SPLITS = ("train", "val", "test")
 _FIELDS = ("id", "prompt", "label", "category", "split", "source")
 _SLOT = "{prompt}"
@@ -129,7 +130,8 @@ def load(name: str, split: str | None = None, *, category: str | None = None) ->
 
     Args:
         name: one of ``SETS``.
-        split: ``"train"``, ``"val"``, ``"test"`` or None for all (borderline has val/test only).
+        split: ``"train"``, ``"val"``, ``"test"`` or None for all (borderline has val/test
+            only; benign_alarming, its train-side counterpart, has train only).
         category: keep only this category.
 
     Raises:

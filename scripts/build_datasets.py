@@ -3,16 +3,18 @@
 Reads the raw contributor files in ``datasets/parts/`` when that folder exists,
 otherwise the final files in ``datasets/`` themselves, and (re)writes:
 
-- ``harmful.jsonl``, ``harmless.jsonl``, ``borderline.jsonl``, ``backdoor.jsonl``:
-  one record per line with exactly the keys ``id, prompt, label, category, split,
-  source``, sorted by ``id``;
+- ``harmful.jsonl``, ``harmless.jsonl``, ``borderline.jsonl``, ``backdoor.jsonl``,
+  ``benign_alarming.jsonl``: one record per line with exactly the keys ``id, prompt,
+  label, category, split, source``, sorted by ``id``;
 - ``jailbreak_templates.jsonl`` (``id, kind, template, source``) and
   ``backdoor_triggers.json``.
 
 Splits are seeded (seed 0) and stratified by category: 60% train / 20% val /
 20% test for harmful, harmless and backdoor; 50% val / 50% test for borderline
-(an evaluation set). A split depends only on the set name, the category and the
-ids in it, so rebuilding from the final files reproduces the same splits.
+(an evaluation set); 100% train for benign_alarming (hard negatives for training,
+the train-side counterpart of borderline). A split depends only on the set name, the
+category and the ids in it, so rebuilding from the final files reproduces the same
+splits.
 
 Usage::
 
@@ -47,6 +49,7 @@ SETS: dict[str, tuple[tuple[str, ...], int, tuple[float, float, float]]] = {
     "harmless": (("harmless_a.jsonl", "harmless_b.jsonl"), 0, (0.6, 0.2, 0.2)),
     "borderline": (("borderline.jsonl",), 0, (0.0, 0.5, 0.5)),
     "backdoor": (("backdoor_prompts.jsonl",), 0, (0.6, 0.2, 0.2)),
+    "benign_alarming": (("benign_alarming.jsonl",), 0, (1.0, 0.0, 0.0)),
 }
 TEMPLATES = "jailbreak_templates.jsonl"
 TRIGGERS = "backdoor_triggers.json"

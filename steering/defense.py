@@ -6,7 +6,11 @@ each forward, so harmful and benign requests in one batch are treated
 independently. The gate is decided at the prompt (a cheap early-stopped
 pre-pass, so every layer of the prompt forward already sees it) and re-checked
 on every generated token: a completion that turns harmful mid-generation
-trips the gate from the next token on.
+trips the gate from the next token on. Generated tokens are scored against
+their own threshold (``recheck_threshold``), because a probe calibrated at a
+prompt position is not calibrated on decoded tokens: :meth:`calibrate_recheck`
+sets it from benign generations at a target FPR. Steps after an example's
+end-of-sequence token (batch padding) never fire the gate.
 
 Modes:
     ``steer``: add the refusal direction to gated examples.
@@ -93,6 +97,8 @@ class GatedRefusal:
         coeff: addition coefficient.
         margin: ``calibrate`` ablates where ``score < threshold - margin``.
         recheck: re-check the gate on each generated token.
+        recheck_threshold: the threshold for generated tokens (default: ``threshold``;
+            see :meth:`calibrate_recheck`).
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class GatedRefusal:
         coeff: float = 1.0,
         margin: float = 0.0,
         recheck: bool = True,
+        recheck_threshold: float | None = None,
         refusal_text: str = REFUSAL_TEXT,
     ) -> None:
         if mode not in MODES:
@@ -125,6 +132,11 @@ class GatedRefusal:
         self.model, self.probe, self.direction = model, probe, direction
         self.mode, self.threshold, self.coeff = mode, float(t), float(coeff)
         self.margin, self.recheck, self.refusal_text = float(margin), recheck, refusal_text
+        rt = self.threshold if recheck_threshold is None else float(recheck_threshold)
+        if rt != rt:
+            raise BadInputError("recheck_threshold is NaN")
+        self.recheck_threshold = rt
+        self.recheck_calibration: list[float] = []  # benign token maxima, see calibrate_recheck
         self._gate: Tensor | None = None  # [batch] bool: steer toward refusal
         self._benign: Tensor | None = None  # [batch] bool: ablate refusal (calibrate)
         self._fired_at: list[int | None] = []
@@ -148,7 +160,7 @@ class GatedRefusal:
         self._step += 1
         if not self.recheck or self._gate is None:
             return
-        new = (s > self.threshold) & ~self._gate
+        new = (s > self.recheck_threshold) & ~self._gate
         for i in torch.nonzero(new).flatten().tolist():
             self._fired_at[i] = self._step
         self._gate = self._gate | new
@@ -214,18 +226,67 @@ class GatedRefusal:
                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                     )  # fmt: skip
                 mon_scores = self._monitor.scores("probe")
+                n_valid = _valid_steps(gen[:, ids.shape[1] :], tok)
                 for i, r in enumerate(batch.rows):
                     text = tok.decode(gen[i, ids.shape[1] :], skip_special_tokens=True).strip()
                     fired_at = self._fired_at[i]
+                    if fired_at is not None and fired_at > n_valid[i]:
+                        fired_at = None  # fired on batch padding after this example ended
                     if self.mode == "block" and fired_at is not None:
                         text = self.refusal_text
                     outs[r] = text
                     self.records[r] = GateRecord(
-                        prompts[r], float(mon_scores[i, 0]), float(mon_scores[i].max()),
+                        prompts[r], float(mon_scores[i, 0]),
+                        float(mon_scores[i, : 1 + n_valid[i]].max()),
                         fired_at is not None, fired_at, bool(self._benign[i]) and self.mode == "calibrate",
                     )  # fmt: skip
                 self._gate = self._benign = None
         return outs
+
+    def calibrate_recheck(
+        self,
+        benign: Sequence[str],
+        *,
+        fpr: float = 0.01,
+        max_new_tokens: int = 32,
+        max_batch: int = 16,
+    ) -> float:
+        """Set :attr:`recheck_threshold` from undefended generations on benign prompts.
+
+        Each benign prompt is generated greedily with only the probe attached; its
+        score is the maximum over its generated tokens (the re-check's statistic),
+        and the threshold is the ``1 - fpr`` quantile of those maxima (kept in
+        :attr:`recheck_calibration`), so the re-check fires on about ``fpr`` of
+        benign generations of this length. Returns the threshold.
+        """
+        from probes.metrics import calibrate_threshold
+
+        benign = list(benign)
+        if not benign:
+            raise BadInputError("calibrate_recheck needs at least one benign prompt")
+        model, tok = self.model, self.model.tokenizer
+        enc = encode(tok, benign)
+        maxima = [float("-inf")] * len(enc)
+        with ProbeMonitor(model, self.probe) as mon:
+            for batch in bucketed(enc, range(len(enc)), tok.pad_token_id, 4096, max_batch):
+                ids = batch.input_ids.to(model.device)
+                with torch.inference_mode():
+                    gen = model.hf_model.generate(
+                        input_ids=ids, attention_mask=batch.attention_mask.to(model.device),
+                        max_new_tokens=max_new_tokens, do_sample=False,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    )  # fmt: skip
+                tokens = mon.scores("probe")[:, 1:]  # [batch, steps]
+                n_valid = _valid_steps(gen[:, ids.shape[1] :], tok)
+                for i, r in enumerate(batch.rows):
+                    k = min(n_valid[i], tokens.shape[1])
+                    maxima[r] = float(tokens[i, :k].max()) if k else float("-inf")
+        finite = [m for m in maxima if m != float("-inf")]
+        if not finite:
+            raise BadInputError("no benign prompt generated a token; raise max_new_tokens")
+        self.recheck_calibration = maxima  # input order; -inf: nothing generated
+        self.recheck_threshold = float(calibrate_threshold(finite, fpr))
+        return self.recheck_threshold
 
     def _prefill(self, ids: Tensor, mask: Tensor, layer: int) -> None:
         """Score the prompts with a forward stopped after the probe's layer; set the gate."""
@@ -238,3 +299,17 @@ class GatedRefusal:
     def report(self) -> list[dict]:
         """One dict per example of the last :meth:`generate`: scores, fired, when."""
         return [vars(r).copy() for r in self.records if r is not None]
+
+
+def _valid_steps(new_tokens: Tensor, tok) -> list[int]:
+    """Per row of ``new_tokens [batch, steps]``: decode steps that fed a real token.
+
+    Decode step ``k`` (1-based) feeds generated token ``k - 1``; the steps that
+    feed an end-of-sequence token or the padding after it are not valid.
+    """
+    stop = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
+    out = []
+    for row in new_tokens.tolist():
+        n = next((j for j, t in enumerate(row) if t in stop), len(row))
+        out.append(min(n, len(row) - 1))  # the last generated token is never fed
+    return out

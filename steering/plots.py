@@ -12,14 +12,14 @@ def candidate_heatmaps(result) -> go.Figure:
     """Bypass / induce / KL per (position, layer) for a RefusalResult, chosen cell marked."""
     titles = ("bypass (screen): refusal score on harmful, ablated (lower = better)",
               "induce (screen): refusal score on harmless, added (> 0 needed)",
-              "KL on harmless under ablation (finalists)")  # fmt: skip
+              "KL on harmless under ablation (screen)")  # fmt: skip
     fig = make_subplots(rows=3, cols=1, subplot_titles=titles, vertical_spacing=0.08)
     layers = list(range(result.candidates.shape[1]))
     for row, (z, scale) in enumerate(
         [
             (result.screen_bypass if result.screen_bypass is not None else result.bypass, "RdBu_r"),
             (result.screen_induce if result.screen_induce is not None else result.induce, "RdBu_r"),
-            (result.kl, "Viridis"),
+            (result.screen_kl if result.screen_kl is not None else result.kl, "Viridis"),
         ],
         start=1,
     ):

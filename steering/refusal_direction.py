@@ -6,8 +6,8 @@ harmless train prompts at every end-of-instruction position and layer
 on validation prompts with the cheap logit refusal score (forward passes, no
 generation). To fit a CPU budget the selection runs in two stages: every
 candidate is screened on a few prompts per class, and the best ``finalists``
-(by screened bypass among those that induce refusal) are scored on the whole
-validation split:
+(by screened bypass among those that pass the screened induce and KL filters)
+are scored on the whole validation split:
 
 - bypass: mean refusal score on harmful prompts with the direction ablated
   everywhere (lower is better),
@@ -73,6 +73,7 @@ class RefusalResult:
     seconds: float = 0.0
     screen_bypass: Tensor | None = None
     screen_induce: Tensor | None = None
+    screen_kl: Tensor | None = None
 
     @property
     def layer(self) -> int:
@@ -188,16 +189,24 @@ def refusal_direction(
         bar.write(f"refusal tokens learned from the model's own refusals: {scorer.tokens}")
     # stage 1: screen every candidate on a few prompts (forward passes only)
     hs, bs = h_val[:screen], b_val[:screen]
+    base_bs = base_b_logits[:screen]
+    screen_kl = nan.clone()
     for i, layer in todo:
         v = cands[i, layer]
-        with ablate(model, v):
-            screen_bypass[i, layer] = scorer.score(model, hs).mean()
+        with ablate(model, v):  # one batch: bypass on harmful, KL on harmless
+            lg = last_logits(model, hs + bs)
+        screen_bypass[i, layer] = scorer.score_logits(lg[: len(hs)]).mean()
+        screen_kl[i, layer] = _kl(base_bs, lg[len(hs) :]).mean()
         with add(model, v, layer=layer, coeff=1.0):
             screen_induce[i, layer] = scorer.score(model, bs).mean()
         if bar:
             bar.update()
     floor_screen = min(0.0, float(base_h[:screen].mean()))
-    ranked = torch.where(screen_induce > floor_screen, screen_bypass, screen_bypass + 1e6)
+    # finalists: lowest screened bypass among candidates passing both screened filters,
+    # then those passing induce only, then the rest (each tier ranked by bypass)
+    penalty = torch.where(screen_induce > floor_screen, 0.0, 2e6)
+    penalty = penalty + torch.where(screen_kl <= kl_max, 0.0, 1e6)
+    ranked = screen_bypass + penalty
     ranked = torch.where(torch.isfinite(ranked), ranked, torch.full_like(ranked, float("inf")))
     order = ranked.flatten().argsort()[:finalists].tolist()
     # stage 2: the finalists on the whole validation split
@@ -243,4 +252,5 @@ def refusal_direction(
         "harmless_val_score": float(base_b.mean()),
     }
     return RefusalResult(cands, positions, bypass, induce, kl, direction, scorer, baseline,
-                         time.perf_counter() - t0, screen_bypass, screen_induce)  # fmt: skip
+                         time.perf_counter() - t0, screen_bypass, screen_induce,
+                         screen_kl)  # fmt: skip

@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 
@@ -77,7 +78,19 @@ def test_load__harmful_has_enough_prompts_and_categories():
 def test_load__harmless_and_borderline_have_enough_benign_prompts():
     assert len(load("harmless")) >= 400
     assert len(load("borderline")) >= 150
-    assert {r.label for name in ("harmless", "borderline", "backdoor") for r in load(name)} == {0}
+    benign = ("harmless", "borderline", "backdoor", "benign_alarming")
+    assert {r.label for name in benign for r in load(name)} == {0}
+
+
+def test_load__benign_alarming_is_264_train_only_hard_negatives_in_12_categories():
+    records = load("benign_alarming")
+    assert len(records) == 264
+    assert {r.label for r in records} == {0}
+    assert {r.split for r in records} == {"train"}
+    assert {r.source for r in records} == {"safety-probes"}
+    per_category = Counter(r.category for r in records)
+    assert len(per_category) == 12 and set(per_category.values()) == {22}
+    assert all(r.id.startswith(f"benign_alarming-{r.category}-") for r in records)
 
 
 def test_load__ids_and_prompts_are_unique_across_sets():
@@ -132,8 +145,10 @@ def _grams(text: str, n: int = 5) -> frozenset[tuple[str, ...]]:
     return frozenset(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def test_splits__no_near_duplicates_across_splits():
-    records = load("harmful") + load("harmless")
+def _near_duplicates(
+    records: list[Record], differ: Callable[[Record, Record], bool]
+) -> list[tuple[str, str, float]]:
+    """Pairs with 5-gram Jaccard >= 0.5 among those for which ``differ(a, b)`` holds."""
     grams = [_grams(r.prompt) for r in records]
     index: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, gs in enumerate(grams):
@@ -142,24 +157,43 @@ def test_splits__no_near_duplicates_across_splits():
     candidates = {pair for ids in index.values() for pair in combinations(ids, 2)}
     leaks = []
     for i, j in candidates:
-        if records[i].split != records[j].split:
+        if differ(records[i], records[j]):
             jaccard = len(grams[i] & grams[j]) / len(grams[i] | grams[j])
             if jaccard >= 0.5:
                 leaks.append((records[i].id, records[j].id, round(jaccard, 2)))
-    assert not leaks
+    return leaks
 
 
-def test_lengths__median_word_counts_match_within_10_percent():
-    harmful, harmless = _words(prompts("harmful")), _words(prompts("harmless"))
-    assert _close(statistics.median(harmful), statistics.median(harmless))
+def test_splits__no_near_duplicates_across_splits():
+    records = load("harmful") + load("harmless")
+    assert not _near_duplicates(records, lambda a, b: a.split != b.split)
 
 
-def test_lengths__length_only_classifier_is_near_chance():
+def test_splits__benign_alarming_has_no_near_duplicates_in_any_other_set():
+    # A train-only set must not leak into the val/test prompts of any other set (in
+    # particular borderline, which it mirrors), nor copy a harmful or harmless prompt.
+    others = [r for name in SETS if name != "benign_alarming" for r in load(name)]
+    records = load("benign_alarming") + others
+
+    def one_is_benign_alarming(a: Record, b: Record) -> bool:
+        return a.id.startswith("benign_alarming-") != b.id.startswith("benign_alarming-")
+
+    assert not _near_duplicates(records, one_is_benign_alarming)
+
+
+@pytest.mark.parametrize("negative", ["harmless", "benign_alarming"])
+def test_lengths__median_word_counts_match_within_10_percent(negative):
+    harmful, benign = _words(prompts("harmful")), _words(prompts(negative))
+    assert _close(statistics.median(harmful), statistics.median(benign))
+
+
+@pytest.mark.parametrize("negative", ["harmless", "benign_alarming"])
+def test_lengths__length_only_classifier_is_near_chance(negative):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    records = load("harmful") + load("harmless")
+    records = load("harmful") + load(negative)
     x = np.array(_words([r.prompt for r in records]), dtype=float)[:, None]
     y = np.array([r.label for r in records])
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
@@ -169,7 +203,8 @@ def test_lengths__length_only_classifier_is_near_chance():
 
 
 @pytest.mark.slow
-def test_lengths__median_token_counts_match_within_10_percent():
+@pytest.mark.parametrize("negative", ["harmless", "benign_alarming"])
+def test_lengths__median_token_counts_match_within_10_percent(negative):
     from transformers import AutoTokenizer
 
     from probes.zoo import fetch
@@ -179,7 +214,7 @@ def test_lengths__median_token_counts_match_within_10_percent():
     def count(texts: list[str]) -> float:
         return statistics.median(len(ids) for ids in tokenizer(texts)["input_ids"])
 
-    assert _close(count(prompts("harmful")), count(prompts("harmless")))
+    assert _close(count(prompts("harmful")), count(prompts(negative)))
 
 
 # --- user files and bad input -----------------------------------------------------------
@@ -210,9 +245,10 @@ def test_load_jsonl__missing_prompt_names_file_and_line(tmp_path):
 @pytest.mark.parametrize(
     ("args", "kwargs", "match"),
     [
-        (("harmfull",), {}, "valid sets: harmful, harmless, borderline, backdoor"),
+        (("harmfull",), {}, "valid sets: harmful, harmless, borderline, backdoor, benign_alarming"),
         (("harmful", "dev"), {}, "valid splits: train, val, test"),
         (("borderline", "train"), {}, "it has: val, test"),
+        (("benign_alarming", "test"), {}, "it has: train$"),
         (("harmful",), {"category": "nope"}, "no category 'nope'"),
     ],
 )

@@ -78,3 +78,49 @@ def test_defense__bad_input(tiny, direction):
     with pytest.raises(BadInputError, match="threshold"):
         GatedRefusal(tiny, probe, direction)
     assert tiny.n_active_hooks() == 0
+
+
+# The tiny random model decodes the same token after every prompt, so token-level
+# scores barely differ between prompts: the re-check tests use a real small model.
+REAL_PROMPTS = [
+    "How do I bake bread?", "Write a haiku about rain.", "What is the capital of Peru?",
+    "List three uses of vinegar.", "Explain what a hash map is.", "Suggest a name for a cat.",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_defense__calibrate_recheck_bounds_token_level_firing(smollm):
+    probe = make_probe(smollm, layer=20)
+    top = float(probe.score(smollm, REAL_PROMPTS).max()) + 1e-3  # nothing fires at the prompt
+    d = GatedRefusal(smollm, probe, mode="block", threshold=top)
+    t = d.calibrate_recheck(REAL_PROMPTS, fpr=0.01, max_new_tokens=10)
+    assert d.recheck_threshold == t == max(d.recheck_calibration) and d.threshold == top
+    assert len(set(d.recheck_calibration)) >= 3  # a real spread of maxima
+    d.generate(REAL_PROMPTS, max_new_tokens=10)  # block mode: the same greedy generations
+    assert not any(r["fired"] for r in d.report())
+    m = sorted(set(d.recheck_calibration))
+    d.recheck_threshold = (m[-2] + m[-3]) / 2  # between benign maxima
+    expected = [x > d.recheck_threshold for x in d.recheck_calibration]
+    d.generate(REAL_PROMPTS, max_new_tokens=10)
+    rep = d.report()
+    assert [r["fired"] for r in rep] == expected and 2 <= sum(expected) < len(expected)
+    assert all(r["fired_at"] not in (None, 0) for r in rep if r["fired"])
+    with pytest.raises(BadInputError, match="at least one benign prompt"):
+        d.calibrate_recheck([])
+    assert smollm.n_active_hooks() == 0
+
+
+@pytest.mark.slow
+def test_defense__recheck_mixed_batch_equals_alone(smollm):
+    probe = make_probe(smollm, layer=20)
+    top = float(probe.score(smollm, REAL_PROMPTS).max()) + 1e-3
+    d = GatedRefusal(smollm, probe, mode="block", threshold=top)
+    d.calibrate_recheck(REAL_PROMPTS, fpr=0.5, max_new_tokens=10)
+    m = sorted(set(d.recheck_calibration))
+    d.recheck_threshold = (m[-2] + m[-3]) / 2  # away from any maximum
+    batched = d.generate(REAL_PROMPTS, max_new_tokens=10)
+    fired = [r["fired_at"] for r in d.report()]
+    assert any(f is not None for f in fired) and not all(f is not None for f in fired)
+    for i, p in enumerate(REAL_PROMPTS):
+        assert d.generate([p], max_new_tokens=10)[0] == batched[i]
+        assert d.report()[0]["fired_at"] == fired[i]
