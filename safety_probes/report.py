@@ -52,7 +52,7 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
     add(
         "probe TPR @1% FPR (test)",
         s.get("test_tpr_at_1pct_fpr"),
-        "threshold from harmless+borderline val",
+        "threshold from harmless val",
     )
     add("probe TPR, jailbreak-wrapped (held-out templates)", s.get("jailbreak_tpr"))
     add(

@@ -87,11 +87,13 @@ def standard_defenses(
     modes: Sequence[str] = ("steer", "calibrate", "block"),
     coeff: float = 1.0,
     attack: bool = False,
+    recheck_threshold: float | None = None,
 ) -> dict[str, Runner]:
     """The comparison set: none, always-on addition, CAST-style gate, probe gate per mode.
 
     With ``attack=True`` every defense runs under a white-box ablation of the
-    refusal direction (the attacker removes it everywhere).
+    refusal direction (the attacker removes it everywhere). ``recheck_threshold``
+    is the probe gates' token-level threshold (see ``GatedRefusal.calibrate_recheck``).
     """
     atk = direction if attack else None
     pre = (lambda: ablate(model, direction)) if attack else None
@@ -103,7 +105,9 @@ def standard_defenses(
     cast_def = GatedRefusal(model, cast, direction, mode="steer", coeff=coeff, recheck=False)
     runners["cast-gate"] = gated_runner(cast_def, max_new_tokens, atk)
     for mode in modes:
-        d = GatedRefusal(model, probe, direction, mode=mode, coeff=coeff)
+        d = GatedRefusal(
+            model, probe, direction, mode=mode, coeff=coeff, recheck_threshold=recheck_threshold
+        )
         runners[f"probe-gate/{mode}"] = gated_runner(d, max_new_tokens, atk)
     return runners
 

@@ -39,7 +39,7 @@ from probes.errors import BadInputError
 from probes.models import LoadedModel
 from probes.monitor import ProbeMonitor
 from probes.probe import Probe
-from probes.prompts import bucketed, encode
+from probes.prompts import bucketed, content_weights, encode
 from probes.record import hooks, parse_layers
 from steering.directions import Direction
 from steering.interventions import ablate, add
@@ -219,6 +219,7 @@ class GatedRefusal:
             for batch in bucketed(enc, range(len(enc)), tok.pad_token_id, 4096, max_batch):
                 ids = batch.input_ids.to(model.device)
                 mask = batch.attention_mask.to(model.device)
+                self._monitor.set_content_weights(content_weights(enc, batch))
                 self._prefill(ids, mask, layer)
                 with torch.inference_mode():
                     gen = model.hf_model.generate(
@@ -270,6 +271,7 @@ class GatedRefusal:
         with ProbeMonitor(model, self.probe) as mon:
             for batch in bucketed(enc, range(len(enc)), tok.pad_token_id, 4096, max_batch):
                 ids = batch.input_ids.to(model.device)
+                mon.set_content_weights(content_weights(enc, batch))
                 with torch.inference_mode():
                     gen = model.hf_model.generate(
                         input_ids=ids, attention_mask=batch.attention_mask.to(model.device),

@@ -41,11 +41,29 @@ def test_monitor__eoi_position_and_token_scores(tiny, prompts):
     assert len(mon.token_scores["p"]) >= 1
 
 
+def test_monitor__mean_position_equals_offline_scores(tiny, prompts):
+    from probes.prompts import bucketed, content_weights, encode
+
+    probe = make_probe(tiny, position="mean")
+    enc = encode(tiny.tokenizer, prompts)
+    batch = next(iter(bucketed(enc, range(len(enc)), tiny.tokenizer.pad_token_id, 4096, 64)))
+    with ProbeMonitor(tiny, probe) as mon:
+        with pytest.raises(BadInputError, match="set_content_weights"):
+            tiny.bridge(batch.input_ids, attention_mask=batch.attention_mask, return_type=None)
+        mon.set_content_weights(content_weights(enc, batch))
+        tiny.bridge(batch.input_ids, attention_mask=batch.attention_mask, return_type=None)
+    offline = probe.score(tiny, prompts)
+    torch.testing.assert_close(
+        mon.prompt_scores["probe"].double(), offline[batch.rows], atol=1e-4, rtol=1e-4
+    )
+    assert tiny.n_active_hooks() == 0
+
+
 def test_monitor__bad_input(tiny):
     with pytest.raises(BadInputError, match="at least one"):
         ProbeMonitor(tiny, [])
-    with pytest.raises(BadInputError, match="'last' or 'eoi"):
-        ProbeMonitor(tiny, make_probe(tiny, position="mean"))
+    with pytest.raises(BadInputError, match="'last', 'eoi\\[-k\\]' or 'mean'"):
+        ProbeMonitor(tiny, make_probe(tiny, position="all"))
     other = make_probe(tiny)
     other.model_identity = {**tiny.identity, "digest": "f" * 64}
     with pytest.raises(BadInputError, match="another model"):

@@ -380,10 +380,10 @@ CASES: dict[str, Case] = {
         BadInputError,
         r"'p' is not a Probe",
     ),  # fmt: skip
-    "ProbeMonitor/mean-position": Case(
-        lambda c: ProbeMonitor(c.tiny, _probe_at(c, position="mean")),
+    "ProbeMonitor/token-level-position": Case(
+        lambda c: ProbeMonitor(c.tiny, _probe_at(c, position="all")),
         BadInputError,
-        r"'last' or 'eoi\[-k\]' positions, not 'mean'",
+        r"'last', 'eoi\[-k\]' or 'mean', not 'all'",
     ),  # fmt: skip
     "ProbeMonitor/entered-twice": Case(_enter_twice, BadInputError, r"already attached"),
     # -- probes.data --------------------------------------------------------------------------

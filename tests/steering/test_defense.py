@@ -124,3 +124,14 @@ def test_defense__recheck_mixed_batch_equals_alone(smollm):
     for i, p in enumerate(REAL_PROMPTS):
         assert d.generate([p], max_new_tokens=10)[0] == batched[i]
         assert d.report()[0]["fired_at"] == fired[i]
+
+
+def test_defense__mean_position_probe_gates_like_offline_scores(tiny, prompts):
+    probe = make_probe(tiny, layer=1, position="mean")
+    t = _threshold_between(tiny, probe, prompts)
+    d = GatedRefusal(tiny, probe, mode="block", threshold=t, recheck=False)
+    outs = d.generate(prompts, max_new_tokens=4)
+    fired = (probe.score(tiny, prompts) > t).tolist()
+    assert [r["fired"] for r in d.report()] == fired and 0 < sum(fired) < len(fired)
+    assert [o == d.refusal_text for o in outs] == fired
+    assert tiny.n_active_hooks() == 0
