@@ -47,6 +47,20 @@ FAST = dict(limit=6, methods=["logistic"], n_boot=100, refusal_train=8, refusal_
             coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0))  # fmt: skip
 
 
+# The settings each stage reads: a stage's cache is reused unless one of these changes
+# (or its data, model, upstream results or the pipeline version).
+STAGE_SETTINGS = {
+    "probe": ("limit", "methods", "n_boot"),
+    "refusal": ("refusal_train", "refusal_val", "screen", "finalists", "cand_layers",
+                "cand_positions"),
+    "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_grid",
+                 "sweep_coeffs"),
+    "defense": ("limit", "defense_n", "recheck_n", "attack_n", "overhead_n", "gen_tokens"),
+    "defense_smollm": ("defense_n", "recheck_n", "gen_tokens"),
+    "backdoor": ("fast",),
+}  # fmt: skip
+
+
 def _model(ctx: Context, name: str | None = None):
     name = name or ctx.config["model"]
     if name not in ctx.objects:
@@ -245,21 +259,28 @@ def run_demo(
     data_hash = {n: sha256_file(data.datasets_dir() / f"{n}.jsonl")
                  for n in ("harmful", "harmless", "borderline", "benign_alarming",
                            "jailbreak_templates")}  # fmt: skip
-    base = {"cfg": cfg, "data": data_hash, "version": 1}
-    run_stage(ctx, "probe", stage_probe, base)
-    run_stage(ctx, "refusal", stage_refusal, base)
-    run_stage(ctx, "steering", stage_steering, base | {"after": ctx.results["refusal"]})
+
+    def key(stage: str, **after) -> dict:
+        """What a stage's cached result depends on: its own settings, data, upstream results."""
+        own = {k: cfg[k] for k in STAGE_SETTINGS[stage]}
+        return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 2, **after}
+
+    run_stage(ctx, "probe", stage_probe, key("probe"))
+    run_stage(ctx, "refusal", stage_refusal, key("refusal"))
+    run_stage(ctx, "steering", stage_steering, key("steering", after=ctx.results["refusal"]))
     run_stage(ctx, "defense", stage_defense,
-              base | {"after": [ctx.results["refusal"], ctx.results["probe"]["layer"],
-                                ctx.results["steering"]["addition"]]})  # fmt: skip
+              key("defense", after=[ctx.results["refusal"], ctx.results["probe"]["probe"],
+                                    ctx.results["probe"]["layer"],
+                                    ctx.results["steering"]["addition"]]))  # fmt: skip
     if cfg["smollm"]:
         run_stage(ctx, "probe_smollm",
-                  lambda cx: stage_probe(cx, "smollm2-135m-instruct", "-smollm"), base)  # fmt: skip
+                  lambda cx: stage_probe(cx, "smollm2-135m-instruct", "-smollm"),
+                  key("probe"))  # fmt: skip
         run_stage(ctx, "defense_smollm", stage_defense_smollm,
-                  base | {"after": ctx.results["probe_smollm"]["layer"]})  # fmt: skip
+                  key("defense_smollm", after=ctx.results["probe_smollm"]["layer"]))  # fmt: skip
     if cfg["backdoor"]:
         try:
-            run_stage(ctx, "backdoor", stage_backdoor, base)
+            run_stage(ctx, "backdoor", stage_backdoor, key("backdoor"))
         except ImportError as exc:
             ctx.log(f"backdoor: skipped ({exc})")
     metrics = {

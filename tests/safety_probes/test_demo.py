@@ -36,3 +36,14 @@ def test_demo__output_path_that_is_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(BadInputError, match="is a file"):
         run_demo(f, fast=True)
+
+
+def test_demo__stage_settings_name_real_config_keys():
+    from safety_probes.demo import FAST, FULL, STAGE_SETTINGS
+
+    for stage, keys in STAGE_SETTINGS.items():
+        for k in keys:
+            assert k in FULL and k in FAST or k == "fast", (stage, k)
+    # every setting is read by some stage, so a changed setting never goes unnoticed
+    used = {k for keys in STAGE_SETTINGS.values() for k in keys}
+    assert set(FULL) - used <= {"smollm", "backdoor"}, set(FULL) - used
