@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= results
 
-.PHONY: install demo demo-fast test lint format clean
+.PHONY: install browser demo demo-fast test lint format clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,20 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+# Headless chromium for the report-render test (tests/safety_probes/test_render.py):
+# installed from Debian when we are root with apt-get; otherwise that test skips.
+BROWSERS := chromium chromium-browser google-chrome
+browser:
+	@if (for b in $(BROWSERS); do command -v $$b >/dev/null 2>&1 && exit 0; done; exit 1); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (Debian) for the report-render test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && \
+	    apt-get install -y -q chromium >/dev/null; } || \
+	  echo "note: could not install chromium; the report-render test will skip"; \
+	else echo "note: no chromium and no root apt-get to install it; the report-render test will skip"; fi
+
+test: lint browser
 	$(PY) -m pytest -q
 
 clean:
