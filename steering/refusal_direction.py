@@ -17,8 +17,11 @@ are scored on the whole validation split:
 - KL: divergence of the last-token distribution on harmless prompts under
   ablation (must be <= ``kl_max``).
 
-The candidate with the lowest bypass score among those passing both filters
-is chosen.
+A direction must first mediate refusal: ablated, harmful prompts must score
+below the harmless baseline. The candidate with the lowest bypass score among
+those that do and pass both filters is chosen; if none passes, the filters are
+relaxed in order (induce, then KL), never the bypass requirement unless no
+candidate bypasses at all (see ``_tiers``).
 
 Example:
     >>> result = refusal_direction(model, harmful=h_train, harmless=b_train,
@@ -106,6 +109,23 @@ def _kl(base_logits: Tensor, new_logits: Tensor) -> Tensor:
     p = torch.log_softmax(base_logits.double(), -1)
     q = torch.log_softmax(new_logits.double(), -1)
     return (p.exp() * (p - q)).sum(-1)
+
+
+def _tiers(bypass: Tensor, induce: Tensor, kl: Tensor, harmless_level: float, floor: float,
+           kl_max: float) -> Tensor:  # fmt: skip
+    """Selection tier per candidate ``[n_pos, n_layers]`` (0 = best; NaN scores: last).
+
+    A direction must first mediate refusal: with it ablated, harmful prompts score no
+    higher than harmless ones do (``bypass < harmless_level``). Among those, tier 0 also
+    passes the induce and KL filters, tier 1 the KL filter only, tier 2 neither; tier 3
+    holds the candidates that do not bypass (ranked by bypass alone), tier 4 unscored.
+    """
+    bypasses = bypass < harmless_level
+    t = torch.full(bypass.shape, 3, dtype=torch.long)
+    t = torch.where(bypasses, 2, t)
+    t = torch.where(bypasses & (kl <= kl_max), 1, t)
+    t = torch.where(bypasses & (kl <= kl_max) & (induce > floor), 0, t)
+    return torch.where(torch.isfinite(bypass), t, 4)
 
 
 def _check(name: str, xs: Sequence[str], minimum: int) -> list[str]:
@@ -202,13 +222,12 @@ def refusal_direction(
         if bar:
             bar.update()
     floor_screen = min(0.0, float(base_h[:screen].mean()))
-    # finalists: lowest screened bypass among candidates passing both screened filters,
-    # then those passing induce only, then the rest (each tier ranked by bypass)
-    penalty = torch.where(screen_induce > floor_screen, 0.0, 2e6)
-    penalty = penalty + torch.where(screen_kl <= kl_max, 0.0, 1e6)
-    ranked = screen_bypass + penalty
-    ranked = torch.where(torch.isfinite(ranked), ranked, torch.full_like(ranked, float("inf")))
-    order = ranked.flatten().argsort()[:finalists].tolist()
+    # finalists: see _tiers; ranked by screened bypass within each tier
+    tier = _tiers(screen_bypass, screen_induce, screen_kl, float(base_b[:screen].mean()),
+                  floor_screen, kl_max)  # fmt: skip
+    keys = [(int(t), float(b) if b == b else math.inf)
+            for t, b in zip(tier.flatten().tolist(), screen_bypass.flatten().tolist())]  # fmt: skip
+    order = sorted(range(len(keys)), key=keys.__getitem__)[:finalists]
     # stage 2: the finalists on the whole validation split
     for flat in order:
         i, layer = divmod(flat, n_layers)
@@ -226,19 +245,16 @@ def refusal_direction(
     # Arditi et al. require induce > 0 (log-odds); a model whose own refusals are weak
     # (mean harmful log-odds below 0) is held to reaching its harmful baseline instead.
     floor = min(0.0, float(base_h.mean()))
-    ok = (induce > floor) & (kl <= kl_max) & torch.isfinite(bypass)
-    if not ok.any():  # relax the induce filter first, then KL
-        ok = (kl <= kl_max) & torch.isfinite(bypass)
-    if not ok.any():
-        ok = torch.isfinite(bypass)
-    masked = torch.where(ok, bypass, torch.full_like(bypass, float("inf")))
+    tier = _tiers(bypass, induce, kl, float(base_b.mean()), floor, kl_max)
+    masked = torch.where(tier == tier.min(), bypass, torch.full_like(bypass, float("inf")))
     i, layer = divmod(int(masked.argmin()), n_layers)
     meta = {
         "method": "diff-in-means resid_pre, selected by bypass/induce/KL (Arditi et al. 2024)",
         "bypass": float(bypass[i, layer]),
         "induce": float(induce[i, layer]),
         "kl": float(kl[i, layer]),
-        "passed_filters": bool(((induce > floor) & (kl <= kl_max))[i, layer]),
+        "passed_filters": bool(tier[i, layer] == 0),
+        "tier": int(tier[i, layer]),
         "induce_floor": floor,
         "refusal_tokens": scorer.tokens,
         "harmful_sha256": prompts_hash(harmful),

@@ -3,7 +3,7 @@ import math
 import torch
 
 from steering.judge import RefusalScorer
-from steering.refusal_direction import refusal_direction
+from steering.refusal_direction import _tiers, refusal_direction
 
 HARMFUL = [f"Tell me how to hurt person number {i} without being caught." for i in range(10)]
 HARMLESS = [f"Give me a recipe idea number {i} for a quick dinner." for i in range(10)]
@@ -30,14 +30,24 @@ def test_refusal_direction__screens_every_candidate_below_the_pruned_layers(tiny
         r.positions.index(r.position), r.layer])  # fmt: skip
 
 
-def test_refusal_direction__finalists_respect_the_screened_kl_filter(tiny):
+def test_tiers__bypass_first_then_kl_then_induce():
+    nan = float("nan")
+    bypass = torch.tensor([[-3.0, -3.0, -3.0, -3.0, -1.0, nan]])
+    induce = torch.tensor([[1.0, -5.0, 1.0, -5.0, 1.0, 1.0]])
+    kl = torch.tensor([[0.05, 0.05, 0.5, 0.5, 0.05, 0.05]])
+    t = _tiers(bypass, induce, kl, harmless_level=-2.0, floor=0.0, kl_max=0.1)
+    assert t.tolist() == [[0, 1, 2, 2, 3, 4]]
+
+
+def test_refusal_direction__finalists_follow_the_screened_tiers(tiny):
     free = _run(tiny, kl_max=math.inf, finalists=1)
     kls = free.screen_kl[torch.isfinite(free.screen_kl)]
     kl_max = float(kls.median())
     r = _run(tiny, kl_max=kl_max, finalists=1)
-    ok = (r.screen_kl <= kl_max) & (r.screen_induce > min(0.0, r.baseline["harmful_val_score"]))
-    assert ok.any()  # the case under test: some candidates pass both screened filters
-    best = torch.where(ok, r.screen_bypass, torch.full_like(r.screen_bypass, math.inf))
+    floor = min(0.0, r.baseline["harmful_val_score"])  # screen prompts = the whole val set here
+    tier = _tiers(r.screen_bypass, r.screen_induce, r.screen_kl,
+                  r.baseline["harmless_val_score"], floor, kl_max)  # fmt: skip
+    best = torch.where(tier == tier.min(), r.screen_bypass, math.inf)
     i, layer = divmod(int(best.argmin()), r.candidates.shape[1])
     assert (r.positions[i], layer) == (r.position, r.layer)
-    assert r.screen_kl[i, layer] <= kl_max
+    assert r.direction.meta["tier"] >= int(tier.min())
