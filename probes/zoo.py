@@ -35,6 +35,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from probes.atomic import atomic_folder
 from probes.errors import BadInputError, IntegrityError, OfflineError
 
 MANIFEST = "zoo-manifest.json"
@@ -172,9 +173,7 @@ def _convert(e: ZooEntry, gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_folder(out) as tmp:
         print(f"[zoo] converting {gguf.name} to a HF folder (once, ~1 min)", file=sys.stderr)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quant = AutoModelForCausalLM.from_pretrained(
@@ -192,12 +191,6 @@ def _convert(e: ZooEntry, gguf: Path, out: Path) -> None:
         manifest = {"name": e.name, "gguf_sha256": e.sha256, "packages": list(e.packages)}
         manifest["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def verify_folder(path: Path) -> dict:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from probes.atomic import atomic_folder
 from probes.errors import BadInputError
 from probes.models import LoadedModel
 from steering.directions import Direction
@@ -84,18 +83,10 @@ class OrthogonalizedModel:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise BadInputError(f"{path} exists and is not a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
+        with atomic_folder(path) as tmp:
             self.hf_model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / "safety-probes-edit.json").write_text(json.dumps(self.provenance, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return path
 
 
