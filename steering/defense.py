@@ -129,6 +129,8 @@ class GatedRefusal:
         t = probe.threshold if threshold is None else threshold
         if t is None or not torch.isfinite(torch.tensor(float(t))):
             raise BadInputError("no finite threshold: the probe is uncalibrated; pass threshold=")
+        if threshold is not None:
+            _check_in_range(probe, float(threshold))
         self.model, self.probe, self.direction = model, probe, direction
         self.mode, self.threshold, self.coeff = mode, float(t), float(coeff)
         self.margin, self.recheck, self.refusal_text = float(margin), recheck, refusal_text
@@ -301,6 +303,27 @@ class GatedRefusal:
     def report(self) -> list[dict]:
         """One dict per example of the last :meth:`generate`: scores, fired, when."""
         return [vars(r).copy() for r in self.records if r is not None]
+
+
+def _check_in_range(probe, t: float) -> None:
+    """Refuse a threshold outside the probe's score range: such a gate never or always fires.
+
+    The range is ``[-1, 1]`` for a cosine condition, and the training scores' mean
+    +- 10 standard deviations for a probe that recorded them.
+    """
+    if isinstance(probe, CosineCondition):
+        lo, hi, what = -1.0, 1.0, "cosine similarity"
+    else:
+        m = getattr(probe, "metrics", None) or {}
+        if "train_score_mean" not in m or "train_score_std" not in m:
+            return
+        mean, sd = float(m["train_score_mean"]), float(m["train_score_std"])
+        lo, hi, what = mean - 10 * sd, mean + 10 * sd, "training scores' mean +- 10 sd"
+    if not lo <= t <= hi:
+        raise BadInputError(
+            f"threshold {t:g} is outside the probe's score range [{lo:.3g}, {hi:.3g}] ({what}); "
+            "the gate would never or always fire"
+        )
 
 
 def _valid_steps(new_tokens: Tensor, tok) -> list[int]:

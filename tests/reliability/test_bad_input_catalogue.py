@@ -40,7 +40,7 @@ from probes import data as ds
 from probes.metrics import calibrate_threshold
 from probes.monitor import ProbeMonitor
 from safety_probes.cli import main
-from steering.defense import GatedRefusal
+from steering.defense import CosineCondition, GatedRefusal
 from steering.directions import Direction, load_direction
 from steering.generate import last_logits
 from steering.interventions import ablate, add
@@ -528,6 +528,26 @@ CASES: dict[str, Case] = {
         lambda c: GatedRefusal(c.tiny, _probe_at(c, threshold=None), c.direction),
         BadInputError,
         r"no finite threshold",
+    ),  # fmt: skip
+    "GatedRefusal/threshold-outside-score-range": Case(
+        lambda c: GatedRefusal(
+            c.tiny,
+            _probe_at(c, metrics={"train_score_mean": 0.0, "train_score_std": 1.0}),
+            c.direction,
+            threshold=1e6,
+        ),
+        BadInputError,
+        r"threshold 1e\+06 is outside the probe's score range \[-10, 10\]",
+    ),  # fmt: skip
+    "GatedRefusal/cast-threshold-outside-cosine-range": Case(
+        lambda c: GatedRefusal(
+            c.tiny,
+            CosineCondition(torch.ones(64), 1, 0.5, c.tiny.identity),
+            c.direction,
+            threshold=1.5,
+        ),
+        BadInputError,
+        r"threshold 1.5 is outside the probe's score range \[-1, 1\] \(cosine similarity\)",
     ),  # fmt: skip
     "refusal_direction/too-few-train": Case(
         lambda c: refusal_direction(c.tiny, PROMPTS[:3], PROMPTS, progress=False),
