@@ -27,11 +27,10 @@ from probes.harmful_intent import (
 from probes.plots import pca_scatter, score_histogram
 from probes.zoo import DEFAULT_MODEL, sha256_file
 from safety_probes.stages import Context, atomic_write_text, check_out_dir, run_stage
-from steering import compare, evaluate, orthogonalize
+from steering import compare, evaluate
 from steering.directions import load_direction
-from steering.generate import last_logits
-from steering.interventions import ablate
 from steering.judge import RefusalScorer
+from steering.orthogonalize import hook_vs_weights_gap
 from steering.plots import coeff_sweep_figure
 from steering.refusal_direction import refusal_direction
 
@@ -138,19 +137,7 @@ def stage_steering(ctx: Context) -> dict:
                               coeffs=c["sweep_coeffs"], max_new_tokens=c["sweep_tokens"])  # fmt: skip
     coeffs = sw.pop("coeffs")
     ctx.figure("refusal_coeff_sweep", coeff_sweep_figure(coeffs, sw))
-    batch = h_te[:4] + b_te[:4]
-    with ablate(model, d):
-        hooked = last_logits(model, batch)
-    edited = orthogonalize(model, d).hf_model
-    from probes.prompts import bucketed, encode
-
-    enc = encode(model.tokenizer, batch)
-    diff = 0.0
-    for b in bucketed(enc, range(len(enc)), model.tokenizer.pad_token_id, 4096, 16):
-        with torch.inference_mode():
-            lg = edited(b.input_ids, attention_mask=b.attention_mask).logits[:, -1]
-        diff = max(diff, float((lg - hooked[torch.tensor(b.rows)]).abs().max()))
-    del edited
+    diff = hook_vs_weights_gap(model, d, h_te[:4] + b_te[:4])
     rates = {k: {kk: ev[k][kk] for kk in ("refusal_rate", "logit_refusal_rate", "n")}
              for k in ev if isinstance(ev[k], dict)}  # fmt: skip
     return {"rates": rates, "kl_harmless_ablate": ev["kl_harmless_ablate"], "addition": sel,

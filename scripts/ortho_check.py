@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from probes import load_model
 from probes.harmful_intent import stratified_prompts
-from probes.prompts import bucketed, encode
 from probes.zoo import DEFAULT_MODEL
-from steering import ablate, load_direction, orthogonalize
-from steering.generate import last_logits
+from steering import load_direction
+from steering.orthogonalize import hook_vs_weights_gap
 
 
 def main() -> None:
@@ -35,15 +32,7 @@ def main() -> None:
     batch = stratified_prompts("harmful", "test", args.n) + stratified_prompts(
         "harmless", "test", args.n
     )
-    with ablate(model, d):
-        hooked = last_logits(model, batch)
-    edited = orthogonalize(model, d).hf_model
-    enc = encode(model.tokenizer, batch)
-    diff = 0.0
-    for b in bucketed(enc, range(len(enc)), model.tokenizer.pad_token_id, 4096, 16):
-        with torch.inference_mode():
-            lg = edited(b.input_ids, attention_mask=b.attention_mask).logits[:, -1]
-        diff = max(diff, float((lg.float() - hooked[torch.tensor(b.rows)]).abs().max()))
+    diff = hook_vs_weights_gap(model, d, batch)
     print(json.dumps({"model": args.model, "dtype": "float32", "n_prompts": len(batch),
                       "max_abs_logit_diff": diff}))  # fmt: skip
 

@@ -101,3 +101,25 @@ def orthogonalize(model: LoadedModel, direction: Direction | Tensor) -> Orthogon
     if isinstance(direction, Direction):
         prov |= {"layer": direction.layer, "position": direction.position}
     return OrthogonalizedModel(hf, model.tokenizer, prov)
+
+
+def hook_vs_weights_gap(model: LoadedModel, direction: Direction | Tensor, prompts) -> float:
+    """Max absolute last-token logit difference: hook ablation vs orthogonalised weights.
+
+    The two must agree (up to the model's dtype precision) on ``prompts``.
+    """
+    from probes.prompts import bucketed, encode
+    from steering.generate import last_logits
+    from steering.interventions import ablate
+
+    prompts = list(prompts)
+    with ablate(model, direction):
+        hooked = last_logits(model, prompts)
+    edited = orthogonalize(model, direction).hf_model
+    enc = encode(model.tokenizer, prompts)
+    gap = 0.0
+    for b in bucketed(enc, range(len(enc)), model.tokenizer.pad_token_id, 4096, 16):
+        with torch.inference_mode():
+            lg = edited(b.input_ids, attention_mask=b.attention_mask).logits[:, -1]
+        gap = max(gap, float((lg.float() - hooked[torch.tensor(b.rows)]).abs().max()))
+    return gap

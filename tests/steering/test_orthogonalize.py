@@ -4,7 +4,7 @@ from probes import load_model
 from steering.directions import Direction
 from steering.generate import last_logits
 from steering.interventions import ablate
-from steering.orthogonalize import orthogonalize
+from steering.orthogonalize import hook_vs_weights_gap, orthogonalize
 
 
 def test_orthogonalize__matches_hook_ablation_and_reloads(tiny, prompts, tmp_path):
@@ -19,3 +19,12 @@ def test_orthogonalize__matches_hook_ablation_and_reloads(tiny, prompts, tmp_pat
     baked = last_logits(reloaded, prompts)
     assert (baked - hooked).abs().max() <= 1e-3
     assert (baked - before).abs().max() > 1e-3
+
+
+def test_hook_vs_weights_gap__small_for_the_real_edit_large_for_another(tiny, prompts):
+    g = torch.Generator().manual_seed(5)
+    d = Direction(torch.randn(tiny.d_model, generator=g), 1, "last", tiny.identity)
+    assert hook_vs_weights_gap(tiny, d, prompts) <= 1e-3
+    with ablate(tiny, Direction(torch.randn(tiny.d_model, generator=g), 1, "last", tiny.identity)):
+        assert hook_vs_weights_gap(tiny, d, prompts) > 1e-3  # hooks ablate a second direction
+    assert tiny.n_active_hooks() == 0
