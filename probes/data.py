@@ -43,11 +43,16 @@ class Record:
 
 @dataclass(frozen=True)
 class Template:
-    """A jailbreak wrapper with exactly one ``{prompt}`` slot."""
+    """A jailbreak wrapper with exactly one ``{prompt}`` slot.
+
+    ``split``: ``"train"`` (may wrap training prompts) or ``"test"`` (held out: wraps only
+    test prompts, so jailbreak results measure unseen wrappers); None for custom templates.
+    """
 
     id: str
     kind: str
     template: str
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if self.template.count(_SLOT) != 1:
@@ -164,9 +169,15 @@ def templates() -> list[Template]:
     """Return the shipped jailbreak templates (``jailbreak_templates.jsonl``)."""
     out = []
     for where, row in _json_lines(datasets_dir() / "jailbreak_templates.jsonl"):
-        if not all(isinstance(row.get(k), str) for k in ("id", "kind", "template")):
-            raise BadInputError(f"{where}: a template needs string fields id, kind, template")
-        out.append(Template(row["id"], row["kind"], row["template"]))
+        if not all(isinstance(row.get(k), str) for k in ("id", "kind", "template", "split")):
+            raise BadInputError(
+                f"{where}: a template needs string fields id, kind, template, split"
+            )
+        if row["split"] not in ("train", "test"):
+            raise BadInputError(
+                f"{where}: template split must be train or test, got {row['split']!r}"
+            )
+        out.append(Template(row["id"], row["kind"], row["template"], row["split"]))
     return out
 
 

@@ -3,8 +3,9 @@
 Data: ``harmful`` (label 1) vs ``harmless`` (label 0), with a share of each
 split wrapped in jailbreak templates on *both* sides, so that a wrapper is
 never a label cue. The templates are split in two fixed groups: the training
-group wraps train/val prompts, the held-out group wraps only test prompts, so
-the jailbreak result measures generalisation to unseen wrappers.
+group wraps train/val prompts, the held-out group (``split == "test"`` in
+``jailbreak_templates.jsonl``) wraps only test prompts, so the jailbreak result
+measures generalisation to unseen wrappers.
 
 Training adds the ``benign_alarming`` hard negatives (train only). Evaluation
 (all thresholds calibrated on a benign control set that is never the test set:
@@ -74,13 +75,13 @@ def _stable_pick(key: str, frac: float) -> bool:
 
 
 def template_groups() -> tuple[list[data.Template], list[data.Template]]:
-    """(training templates, held-out templates): every third template by id is held out."""
+    """(training templates, held-out templates), by each template's ``split`` field, sorted by id."""
     ts = sorted(data.templates(), key=lambda t: t.id)
-    return [t for i, t in enumerate(ts) if i % 3 != 2], [t for i, t in enumerate(ts) if i % 3 == 2]
+    return [t for t in ts if t.split == "train"], [t for t in ts if t.split == "test"]
 
 
 def task_set(
-    split: str, *, wrap_frac: float = 0.25, limit: int | None = None, hard_negatives: bool = True
+    split: str, *, wrap_frac: float = 0.5, limit: int | None = None, hard_negatives: bool = True
 ) -> TaskSet:
     """Harmful vs harmless prompts of ``split``, a stable ``wrap_frac`` of them re-added wrapped.
 

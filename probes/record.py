@@ -162,15 +162,29 @@ def _run_batch(
             fns[name] = make(s, j, name)
     with hooks(model, fns), torch.inference_mode():
         try:
-            model.bridge(
-                batch.input_ids.to(dev),
-                attention_mask=batch.attention_mask.to(dev),
-                return_type=None,
-                use_cache=False,
-            )
+            _forward(model, batch.input_ids.to(dev), batch.attention_mask.to(dev))
         except _StopForward:
             pass
     return res
+
+
+def _forward(model: LoadedModel, input_ids: Tensor, attention_mask: Tensor) -> None:
+    """Run the decoder stack (its blocks are the bridge's, so every HookPoint fires).
+
+    Calling the HF decoder directly skips the bridge's top-level forward (input
+    processing, the final norm and unembedding), which the hooks never need; the
+    activations are bit-identical to ``model.bridge(...)`` because the position ids
+    are taken from the attention mask as the bridge does for left-padded batches
+    (tested). Models without an HF decoder fall back to the bridge.
+    """
+    get_decoder = getattr(model.hf_model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is None:
+        model.bridge(input_ids, attention_mask=attention_mask, return_type=None, use_cache=False)
+        return
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
+    decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=False)  # fmt: skip
 
 
 def record_slice(

@@ -74,7 +74,9 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     def hf() -> None:
         with torch.inference_mode():
             for b in batches:
-                base(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+                pos = (b.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=pos,
+                     use_cache=False)  # fmt: skip
 
     def rwc(filtered: bool) -> Callable[[], None]:
         def run() -> None:

@@ -6,7 +6,7 @@ otherwise the final files in ``datasets/`` themselves, and (re)writes:
 - ``harmful.jsonl``, ``harmless.jsonl``, ``borderline.jsonl``, ``backdoor.jsonl``,
   ``benign_alarming.jsonl``: one record per line with exactly the keys ``id, prompt,
   label, category, split, source``, sorted by ``id``;
-- ``jailbreak_templates.jsonl`` (``id, kind, template, source``) and
+- ``jailbreak_templates.jsonl`` (``id, kind, template, split, source``) and
   ``backdoor_triggers.json``.
 
 Splits are seeded (seed 0) and stratified by category: 60% train / 20% val /
@@ -41,7 +41,7 @@ PARTS = DATA / "parts"
 SEED = 0
 KEYS = ("id", "prompt", "label", "category", "split", "source")
 SPLITS = ("train", "val", "test")
-TEMPLATE_KEYS = ("id", "kind", "template", "source")
+TEMPLATE_KEYS = ("id", "kind", "template", "split", "source")
 
 # set name -> (part files, expected label, (train, val, test) fractions)
 SETS: dict[str, tuple[tuple[str, ...], int, tuple[float, float, float]]] = {
@@ -112,6 +112,8 @@ def build_templates(source_dir: Path) -> list[dict]:
     for row in rows:
         if row.get("template", "").count("{prompt}") != 1:
             raise SystemExit(f"template {row.get('id')!r} must contain exactly one {{prompt}}")
+        if row.get("split") not in ("train", "test"):
+            raise SystemExit(f"template {row.get('id')!r}: split must be train or test")
     return [{key: row.get(key) for key in TEMPLATE_KEYS} for row in rows]
 
 

@@ -60,7 +60,7 @@ class TrainConfig:
     """
 
     epochs: int = 3
-    lr: float = 1e-4
+    lr: float = 2e-4
     batch_size: int = 8
     train_from: float = 0.0
     train_embeddings: bool = False

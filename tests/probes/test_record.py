@@ -70,6 +70,26 @@ def test_record__matches_hf_hidden_states(tiny, prompts):
         torch.testing.assert_close(toks_pre[:, layer], hs[layer][0], atol=1e-4, rtol=0)
 
 
+def test_record__equals_bridge_run_with_cache_on_a_left_padded_batch(tiny, prompts):
+    # record calls the HF decoder (whose blocks are the bridge's); it must give exactly
+    # what the bridge's own forward gives, padded rows included.
+    from probes.prompts import bucketed
+
+    sites = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"]
+    acts = record(tiny, prompts, sites=sites, layers="all", positions=["last", "eoi[-2]"])
+    enc = encode(tiny.tokenizer, prompts)
+    (batch,) = bucketed(enc, range(len(enc)), tiny.tokenizer.pad_token_id, 10**6, 10**6)
+    assert batch.attention_mask.min() == 0  # the batch really is left-padded
+    with torch.inference_mode():
+        _, cache = tiny.bridge.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+    rows = torch.tensor(batch.rows)
+    for s in sites:
+        for layer in range(tiny.n_layers):
+            x = cache[f"blocks.{layer}.hook_{s}"]  # [batch, seq, d]
+            torch.testing.assert_close(acts[s, "last"][rows, layer], x[:, -1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(acts[s, "eoi[-2]"][rows, layer], x[:, -2], atol=1e-5, rtol=0)
+
+
 def test_record__stops_after_last_needed_layer(tiny, prompts):
     fired = []
     hp = tiny.bridge.hook_dict[f"blocks.{tiny.n_layers - 1}.hook_resid_pre"]
