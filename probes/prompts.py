@@ -168,6 +168,18 @@ def position_index(encoded: Sequence[Encoded], batch: Batch, label: str) -> Tens
     return torch.full_like(lengths, width - k)
 
 
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Position ids for a left-padded batch: each row counts from its first real token.
+
+    HF decoders number positions ``0..seq-1`` when no ids are given, which shifts every
+    left-padded row. Rotary attention depends only on relative positions, so for it the
+    shift changes rounding alone (visible in bf16); models with absolute position
+    embeddings need the right ids. The bridge's own forward uses these ids, so passing
+    them keeps our direct decoder calls bit-identical to it. Shape [batch, seq].
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def content_weights(encoded: Sequence[Encoded], batch: Batch) -> Tensor:
     """Row-normalised weights over each row's content tokens. Shape [batch, seq]."""
     w = torch.zeros(batch.input_ids.shape, dtype=torch.float32)

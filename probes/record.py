@@ -34,6 +34,7 @@ from probes.prompts import (
     content_weights,
     encode,
     parse_positions,
+    position_ids,
     position_index,
 )
 
@@ -182,9 +183,8 @@ def _forward(model: LoadedModel, input_ids: Tensor, attention_mask: Tensor) -> N
     if decoder is None:
         model.bridge(input_ids, attention_mask=attention_mask, return_type=None, use_cache=False)
         return
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
-    decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=False)  # fmt: skip
+    decoder(input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask), use_cache=False)  # fmt: skip
 
 
 def record_slice(

@@ -23,7 +23,7 @@ import torch
 
 from probes import data, load_model, record
 from probes.errors import BadInputError
-from probes.prompts import bucketed, encode
+from probes.prompts import bucketed, encode, position_ids
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:
@@ -60,6 +60,9 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     prompts = (pool * (n_prompts // len(pool) + 1))[:n_prompts]
     enc = encode(model.tokenizer, prompts)
     batches = list(bucketed(enc, range(len(enc)), model.tokenizer.pad_token_id, 4096, 64))
+    full = encode(model.tokenizer, pool)  # padding of record's batches on the whole sets
+    full_b = list(bucketed(full, range(len(full)), model.tokenizer.pad_token_id, 4096, 64))
+    full_pad = 1 - sum(b.n_real_tokens for b in full_b) / sum(b.input_ids.numel() for b in full_b)
     real = sum(b.n_real_tokens for b in batches)
     padded = sum(b.input_ids.numel() for b in batches)
     block_params = sum(p.numel() for p in model.hf_model.model.layers.parameters())
@@ -74,9 +77,8 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     def hf() -> None:
         with torch.inference_mode():
             for b in batches:
-                pos = (b.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                base(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=pos,
-                     use_cache=False)  # fmt: skip
+                base(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                     position_ids=position_ids(b.attention_mask), use_cache=False)  # fmt: skip
 
     def rwc(filtered: bool) -> Callable[[], None]:
         def run() -> None:
@@ -102,6 +104,8 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "n_prompts": len(prompts),
         "real_tokens": real,
         "padding_fraction": round(1 - real / padded, 4),
+        "padding_fraction_harmful_harmless": round(full_pad, 4),
+        "n_prompts_harmful_harmless": len(pool),
         "matmul_peak_gflops": round(peak, 1),
         "tokens_per_s": {k: round(real / t, 1) for k, t in times.items()},
         "gflops": {k: round(flops / t / 1e9, 1) for k, t in times.items()},

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from probes.models import LoadedModel
-from probes.prompts import bucketed, encode
+from probes.prompts import bucketed, encode, position_ids
 
 
 def generate(
@@ -69,9 +69,11 @@ def last_logits(
         enc, range(len(enc)), model.tokenizer.pad_token_id, max_tokens, max_batch
     ):
         with torch.inference_mode():
+            mask = batch.attention_mask.to(model.device)
             h = hf.model(
                 input_ids=batch.input_ids.to(model.device),
-                attention_mask=batch.attention_mask.to(model.device),
+                attention_mask=mask,
+                position_ids=position_ids(mask),
                 use_cache=False,
             ).last_hidden_state[:, -1]
             logits = hf.lm_head(h).float().cpu()

@@ -108,7 +108,7 @@ def hook_vs_weights_gap(model: LoadedModel, direction: Direction | Tensor, promp
 
     The two must agree (up to the model's dtype precision) on ``prompts``.
     """
-    from probes.prompts import bucketed, encode
+    from probes.prompts import bucketed, encode, position_ids
     from steering.generate import last_logits
     from steering.interventions import ablate
 
@@ -120,6 +120,9 @@ def hook_vs_weights_gap(model: LoadedModel, direction: Direction | Tensor, promp
     gap = 0.0
     for b in bucketed(enc, range(len(enc)), model.tokenizer.pad_token_id, 4096, 16):
         with torch.inference_mode():
-            lg = edited(b.input_ids, attention_mask=b.attention_mask).logits[:, -1]
+            pos = position_ids(b.attention_mask)
+            lg = edited(b.input_ids, attention_mask=b.attention_mask, position_ids=pos).logits[
+                :, -1
+            ]
         gap = max(gap, float((lg.float() - hooked[torch.tensor(b.rows)]).abs().max()))
     return gap
