@@ -128,11 +128,17 @@ def train_harmful_intent(
     fpr: float = 0.01,
     limit: int | None = None,
     n_boot: int = 1000,
+    select_by: str = "tpr",
 ) -> tuple[Probe, SweepResult, dict[str, Activations]]:
     """Record the task, sweep layers and positions (selected on val, never test).
 
     Args:
-        layer: ``"auto"`` (chosen by val AUROC, then TPR) or a fixed layer.
+        layer: ``"auto"`` (chosen on val by ``select_by``) or a fixed layer.
+        select_by: ``"tpr"`` (default): val TPR at the threshold calibrated on the
+            benign control set at ``fpr``, the operating point the probe is deployed at,
+            then val AUROC; ``"auroc"``: val AUROC, then TPR. (Val AUROCs of the middle
+            layers differ in the third decimal, so ranking by them alone picks among
+            layers whose operating points differ widely.)
         position: one position or several to choose from on val (``last``, ``mean``, ...).
         limit: use at most this many prompts per set and split (fast runs).
 
@@ -152,10 +158,10 @@ def train_harmful_intent(
         sweep = sweep_activations(acts["train"], tr.labels, acts["val"], va.labels,
                                   method=method, position=pos, control=acts["control"], fpr=fpr,
                                   n_boot=n_boot)  # fmt: skip
-        probe = sweep.best()
-        key = (probe.metrics.get("auroc", 0.0), probe.metrics.get("tpr", 0.0))
+        r = sweep.ranked(by=select_by)[0]
+        key = (r[select_by], r["tpr" if select_by == "auroc" else "auroc"])
         if best is None or key > best[0]:
-            best = (key, probe, sweep)
+            best = (key, sweep.probe(r["method"], r["layer"]), sweep)
     return best[1], best[2], acts
 
 

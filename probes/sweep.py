@@ -85,17 +85,27 @@ class SweepResult:
             metrics=metrics | {"calibration": self.calibration},
         )  # fmt: skip
 
-    def top(self, k: int = 3, method: str | None = None) -> list[Probe]:
-        """The ``k`` best probes by validation AUROC, then TPR."""
+    def ranked(self, method: str | None = None, by: str = "auroc") -> list[dict]:
+        """Rows best first by validation ``"auroc"`` (then TPR) or ``"tpr"`` (then AUROC).
+
+        ``"tpr"`` ranks by the operating point a monitor is deployed at: TPR at the
+        threshold calibrated on the benign control set (or the val negatives).
+        """
+        if by not in ("auroc", "tpr"):
+            raise BadInputError(f"by must be 'auroc' or 'tpr', got {by!r}")
         rows = [r for r in self.rows if method is None or r["method"] == method]
         if not rows:
             raise BadInputError(f"no results for method {method!r}; swept {self.methods}")
-        rows = sorted(rows, key=lambda r: (-r["auroc"], -r["tpr"], r["layer"]))
-        return [self.probe(r["method"], r["layer"]) for r in rows[:k]]
+        other = "tpr" if by == "auroc" else "auroc"
+        return sorted(rows, key=lambda r: (-r[by], -r[other], r["layer"]))
 
-    def best(self, method: str | None = None) -> Probe:
-        """The probe with the highest validation AUROC (ties: higher TPR, then lower layer)."""
-        return self.top(1, method)[0]
+    def top(self, k: int = 3, method: str | None = None, by: str = "auroc") -> list[Probe]:
+        """The ``k`` best probes by validation AUROC then TPR (or ``by="tpr"``: TPR then AUROC)."""
+        return [self.probe(r["method"], r["layer"]) for r in self.ranked(method, by)[:k]]
+
+    def best(self, method: str | None = None, by: str = "auroc") -> Probe:
+        """The best probe by validation ``by`` (ties: the other metric, then lower layer)."""
+        return self.top(1, method, by)[0]
 
     def table(self) -> list[dict]:
         """The rows, sorted by method then layer (for printing or a DataFrame)."""

@@ -49,6 +49,18 @@ def test_layer_sweep__best_is_argmax_of_validation_auroc(data):
     assert len(res.table()) == 12
 
 
+def test_layer_sweep__rank_by_tpr_puts_the_operating_point_first(data):
+    res = layer_sweep(*data, method=["mean-diff", "lda"], n_boot=0)
+    by_tpr = res.ranked(by="tpr")
+    assert [(r["tpr"], r["auroc"]) for r in by_tpr] == sorted(
+        [(r["tpr"], r["auroc"]) for r in res.rows], key=lambda t: (-t[0], -t[1])
+    )
+    best = res.best(by="tpr")
+    assert (best.method, best.layer) == (by_tpr[0]["method"], by_tpr[0]["layer"])
+    with pytest.raises(BadInputError, match="by must be"):
+        res.ranked(by="accuracy")
+
+
 def test_layer_sweep__threshold_calibrated_on_control(data):
     control = make_acts(np.zeros(500, int), seed=7)
     res = layer_sweep(*data, control=control, fpr=0.05, n_boot=0)
