@@ -252,19 +252,21 @@ def run_demo(
         own = {k: cfg[k] for k in STAGE_SETTINGS[stage]}
         return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 2, **after}
 
+    def probe_hash(tag: str) -> str:  # the trained probe itself, not just its layer
+        return sha256_file(ctx.out / "probes" / f"harmful-intent{tag}.safetensors")
+
     run_stage(ctx, "probe", stage_probe, key("probe"))
     run_stage(ctx, "refusal", stage_refusal, key("refusal"))
     run_stage(ctx, "steering", stage_steering, key("steering", after=ctx.results["refusal"]))
     run_stage(ctx, "defense", stage_defense,
-              key("defense", after=[ctx.results["refusal"], ctx.results["probe"]["probe"],
-                                    ctx.results["probe"]["layer"],
+              key("defense", after=[ctx.results["refusal"], probe_hash(""),
                                     ctx.results["steering"]["addition"]]))  # fmt: skip
     if cfg["smollm"]:
         run_stage(ctx, "probe_smollm",
                   lambda cx: stage_probe(cx, "smollm2-135m-instruct", "-smollm"),
                   key("probe"))  # fmt: skip
         run_stage(ctx, "defense_smollm", stage_defense_smollm,
-                  key("defense_smollm", after=ctx.results["probe_smollm"]["layer"]))  # fmt: skip
+                  key("defense_smollm", after=probe_hash("-smollm")))  # fmt: skip
     if cfg["backdoor"]:
         try:
             run_stage(ctx, "backdoor", stage_backdoor, key("backdoor"))
