@@ -98,6 +98,18 @@ class ProbeMonitor:
         """
         self._weights = None if weights is None else weights.float()
 
+    def set_prompts(self, prompts: Sequence[str], system: str | None = None) -> None:
+        """Content weights for a next prompt forward over exactly ``prompts``, as one
+        left-padded batch in this order (e.g. ``generate(model, [prompt])``); needed
+        only by ``mean``-position probes. A batch that a caller buckets itself needs
+        :meth:`set_content_weights` with that batch's weights instead.
+        """
+        from probes.prompts import content_weights, encode, make_batch
+
+        enc = encode(self.model.tokenizer, list(prompts), system)
+        batch = make_batch(enc, range(len(enc)), self.model.tokenizer.pad_token_id)
+        self.set_content_weights(content_weights(enc, batch))
+
     def _make_hook(self, name: str, probe: Probe):
         k = _offset(probe.position)
         if hasattr(probe, "score_hidden"):

@@ -59,6 +59,18 @@ def test_monitor__mean_position_equals_offline_scores(tiny, prompts):
     assert tiny.n_active_hooks() == 0
 
 
+def test_monitor__set_prompts_gives_mean_scores_for_one_generated_batch(tiny, prompts):
+    probe = make_probe(tiny, position="mean")
+    for p in prompts[:2]:
+        with ProbeMonitor(tiny, probe) as mon:
+            mon.set_prompts([p])
+            generate(tiny, [p], max_new_tokens=2)
+        torch.testing.assert_close(
+            mon.prompt_scores["probe"].double(), probe.score(tiny, [p]), atol=1e-4, rtol=1e-4
+        )
+    assert tiny.n_active_hooks() == 0
+
+
 def test_monitor__bad_input(tiny):
     with pytest.raises(BadInputError, match="at least one"):
         ProbeMonitor(tiny, [])
