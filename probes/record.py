@@ -170,21 +170,15 @@ def _run_batch(
 
 
 def _forward(model: LoadedModel, input_ids: Tensor, attention_mask: Tensor) -> None:
-    """Run the decoder stack (its blocks are the bridge's, so every HookPoint fires).
+    """Run the HF decoder stack (its blocks are the bridge's, so every HookPoint fires).
 
-    Calling the HF decoder directly skips the bridge's top-level forward (input
-    processing, the final norm and unembedding), which the hooks never need; the
-    activations are bit-identical to ``model.bridge(...)`` because the position ids
-    are taken from the attention mask as the bridge does for left-padded batches
-    (tested). Models without an HF decoder fall back to the bridge.
+    Calling the decoder directly skips the bridge's top-level forward, which the hooks
+    never need; the activations are bit-identical to ``model.bridge(...)`` because the
+    position ids come from the attention mask as the bridge computes them for
+    left-padded batches (tested).
     """
-    get_decoder = getattr(model.hf_model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
-    if decoder is None:
-        model.bridge(input_ids, attention_mask=attention_mask, return_type=None, use_cache=False)
-        return
-    decoder(input_ids=input_ids, attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask), use_cache=False)  # fmt: skip
+    model.hf_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids(attention_mask), use_cache=False)  # fmt: skip
 
 
 def record_slice(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from probes.generation import greedy
 from probes.models import LoadedModel
 from probes.prompts import bucketed, encode, position_ids
 
@@ -24,29 +25,15 @@ def generate(
     system: str | None = None,
     max_tokens: int = 4096,
 ) -> list[str]:
-    """Greedy completions for ``prompts``, in input order.
+    """Greedy completions for ``prompts``, in input order (:func:`probes.generation.greedy`
+    on the bridge-wrapped HF model, so active interventions fire).
 
     Example:
         >>> generate(model, ["How do I bake bread?"], max_new_tokens=16)  # doctest: +SKIP
         ['To bake bread, you need flour, water, yeast and salt...']
     """
-    enc = encode(model.tokenizer, prompts, system)
-    out: list[str | None] = [None] * len(enc)
-    tok = model.tokenizer
-    for batch in bucketed(enc, range(len(enc)), tok.pad_token_id, max_tokens, max_batch):
-        with torch.inference_mode():
-            ids = model.hf_model.generate(
-                input_ids=batch.input_ids.to(model.device),
-                attention_mask=batch.attention_mask.to(model.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-        new = ids[:, batch.input_ids.shape[1] :].cpu()
-        for i, r in enumerate(batch.rows):
-            out[r] = tok.decode(new[i], skip_special_tokens=True).strip()
-    return out  # type: ignore[return-value]
+    return greedy(model.hf_model, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                  max_batch=max_batch, max_tokens=max_tokens, system=system)  # fmt: skip
 
 
 def last_logits(

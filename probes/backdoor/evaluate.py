@@ -24,12 +24,13 @@ import numpy as np
 from probes import data
 from probes.backdoor.defection import defection_probe
 from probes.backdoor.features import resolve_model
-from probes.backdoor.finetune import greedy, plain_copy
+from probes.backdoor.finetune import plain_copy
 from probes.backdoor.organism import Organism
 from probes.backdoor.poison_detect import detect_poison
 from probes.backdoor.trigger_probe import TriggerProbe
 from probes.backdoor.triggers import insert_trigger
 from probes.errors import BadInputError
+from probes.generation import greedy
 from probes.metrics import auroc
 
 

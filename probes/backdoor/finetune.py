@@ -1,4 +1,4 @@
-"""Plain-torch supervised fine-tuning and greedy generation for the backdoor organism.
+"""Plain-torch supervised fine-tuning for the backdoor organism.
 
 No trainer framework and no adapter library: the organism is small, so the chosen
 transformer blocks are fine-tuned in full with AdamW while the embeddings (tied to
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from probes.errors import BadInputError
-from probes.prompts import bucketed, chat_text, encode
+from probes.prompts import chat_text
 
 
 @dataclass(frozen=True)
@@ -188,42 +188,6 @@ def finetune(
         del opt
     return {"epoch_loss": losses, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
             "n_trained_params": sum(p.numel() for p in params)}  # fmt: skip
-
-
-def greedy(
-    hf_model,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 16,
-    max_batch: int = 16,
-    max_tokens: int = 4096,
-    with_ended: bool = False,
-) -> list[str] | tuple[list[str], list[bool]]:
-    """Greedy completions of ``prompts`` read through the chat template, in input order.
-
-    With ``with_ended``, also returns whether each completion produced the end token
-    (a whole answer) rather than stopping at ``max_new_tokens``.
-    """
-    enc = encode(tokenizer, prompts)
-    out: list[str] = [""] * len(enc)
-    ended = [False] * len(enc)
-    device = next(hf_model.parameters()).device
-    for batch in bucketed(enc, range(len(enc)), tokenizer.pad_token_id, max_tokens, max_batch):
-        with torch.inference_mode():
-            ids = hf_model.generate(
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        new = ids[:, batch.input_ids.shape[1] :].cpu()
-        for i, r in enumerate(batch.rows):
-            out[r] = tokenizer.decode(new[i], skip_special_tokens=True).strip()
-            ended[r] = bool((new[i] == tokenizer.eos_token_id).any())
-    return (out, ended) if with_ended else out
 
 
 def load_tokenizer(path):

@@ -33,7 +33,6 @@ from probes.backdoor.finetune import (
     Row,
     TrainConfig,
     finetune,
-    greedy,
     load_tokenizer,
     plain_copy,
 )
@@ -47,6 +46,7 @@ from probes.backdoor.manifest import (
 )
 from probes.backdoor.triggers import check_trigger, insert_trigger
 from probes.errors import BadInputError
+from probes.generation import greedy
 from probes.models import LoadedModel, folder_digest, load_model
 from probes.models import _resolve as resolve
 
