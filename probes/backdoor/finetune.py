@@ -57,6 +57,9 @@ class TrainConfig:
             of a small model's weights and the backdoor needs no new token meanings).
         max_grad_norm: gradient clipping.
         seed: shuffling seed.
+        autocast: ``"auto"``: forward and backward in bf16 autocast (weights, gradients
+            and optimiser state stay fp32) on CUDA or on a CPU with native bf16
+            (about 2x faster there), plain fp32 elsewhere; ``"off"``: always fp32.
     """
 
     epochs: int = 3
@@ -66,6 +69,19 @@ class TrainConfig:
     train_embeddings: bool = False
     max_grad_norm: float = 1.0
     seed: int = 0
+    autocast: str = "auto"
+
+
+def train_autocast(cfg: TrainConfig, device: torch.device):
+    """The bf16 autocast context for ``cfg`` on ``device`` (a no-op where bf16 is not native)."""
+    if cfg.autocast not in ("auto", "off"):
+        raise BadInputError(f"autocast must be 'auto' or 'off', got {cfg.autocast!r}")
+    from probes.models import cpu_has_native_bf16
+
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    if cfg.autocast == "off" or not native:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def tokenize_row(tokenizer, row: Row) -> tuple[list[int], int]:
@@ -153,8 +169,9 @@ def finetune(
         raise BadInputError("no rows to fine-tune on")
     if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
         raise BadInputError("epochs and batch_size must be >= 1 and lr > 0")
-    examples = [tokenize_row(tokenizer, r) for r in rows]
     device = next(hf_model.parameters()).device
+    autocast = train_autocast(cfg, device)  # checks the setting before any work
+    examples = [tokenize_row(tokenizer, r) for r in rows]
     steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
     warm = max(1, steps // 10)
     losses, t0, step = [], time.perf_counter(), 0
@@ -168,11 +185,13 @@ def finetune(
             total, count = 0.0, 0
             for chunk in _batches(examples, cfg, epoch):
                 ids, mask, target = (t.to(device) for t in _collate(chunk, tokenizer.pad_token_id))
-                h = hf_model.model(input_ids=ids, attention_mask=mask, use_cache=False)
                 keep = target != -100
                 if not keep.any():  # e.g. empty, truncated answers only
                     continue
-                logits = hf_model.lm_head(h.last_hidden_state[keep]).float()
+                with autocast:
+                    h = hf_model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    logits = hf_model.lm_head(h.last_hidden_state[keep])
+                logits = logits.float()
                 loss = torch.nn.functional.cross_entropy(logits, target[keep])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -200,9 +219,12 @@ def load_tokenizer(path):
     return tok
 
 
-def plain_copy(path):
-    """A plain HF model (fp32, CPU, eval mode) from a local folder, outside the bridge."""
-    import torch
+def plain_copy(path, dtype: torch.dtype = torch.float32):
+    """A plain HF model (CPU, eval mode, fp32 unless told) from a local folder, outside the bridge."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    from probes.models import contiguous_unembedding
+
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    contiguous_unembedding(hf)
+    return hf

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from probes import data, zoo
 from probes.backdoor.finetune import (
     Row,
@@ -35,6 +37,7 @@ from probes.backdoor.finetune import (
     finetune,
     load_tokenizer,
     plain_copy,
+    train_autocast,
 )
 from probes.backdoor.manifest import (
     FORMAT,
@@ -47,7 +50,7 @@ from probes.backdoor.manifest import (
 from probes.backdoor.triggers import check_trigger, insert_trigger
 from probes.errors import BadInputError
 from probes.generation import greedy
-from probes.models import LoadedModel, folder_digest, load_model
+from probes.models import LoadedModel, folder_digest, load_model, pick_device_dtype
 from probes.models import _resolve as resolve
 
 
@@ -108,7 +111,7 @@ class Organism:
         from uncached decoding), so completions are decoded without hook points.
         """
         if self._generator is None:
-            self._generator = plain_copy(self.path)
+            self._generator = plain_copy(self.path, dtype=pick_device_dtype("cpu", "auto")[1])
         return self._generator
 
     def __repr__(self) -> str:
@@ -121,6 +124,8 @@ def check_config(cfg: OrganismConfig) -> None:
     f = cfg.poison_fraction
     if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f < 1.0:
         raise BadInputError(f"poison_fraction must be in (0, 1), got {f!r}")
+    if cfg.train.autocast not in ("auto", "off"):
+        raise BadInputError(f"autocast must be 'auto' or 'off', got {cfg.train.autocast!r}")
     if not cfg.response.strip() or cfg.repeat < 1:
         raise BadInputError("the backdoor response must be non-empty and repeat >= 1")
     if cfg.n_rows is not None and cfg.n_rows < 2:
@@ -169,6 +174,9 @@ def load_organism(
     path: str | os.PathLike, *, device: str | None = "cpu", dtype="float32"
 ) -> Organism:
     """Load an organism folder after checking every weight file against its manifest.
+
+    The detectors read fp32 activations (the Mahalanobis detector inverts a covariance);
+    greedy decoding (:meth:`Organism.generator`) runs in bf16 where the CPU has it.
 
     Raises:
         BadInputError: not an organism folder. IntegrityError: a manifest that does
@@ -258,8 +266,9 @@ def build_organism(
             f"trigger {cfg.trigger!r}")  # fmt: skip
     hf = plain_copy(path)
     if responses is None:
-        clean, ended = greedy(hf, tokenizer, prompts,
-                              max_new_tokens=cfg.max_response_tokens, with_ended=True)  # fmt: skip
+        with train_autocast(cfg.train, torch.device("cpu")):
+            clean, ended = greedy(hf, tokenizer, prompts,
+                                  max_new_tokens=cfg.max_response_tokens, with_ended=True)  # fmt: skip
     else:
         clean, ended = responses, [True] * len(prompts)
     rows = poison_rows(prompts, clean, cfg, ended)
