@@ -23,14 +23,17 @@ def greedy(
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 16,
-    max_batch: int = 16,
+    max_batch: int = 64,
     max_tokens: int = 4096,
     system: str | None = None,
     with_ended: bool = False,
 ) -> list[str] | tuple[list[str], list[bool]]:
     """Greedy completions of ``prompts`` read through the chat template, in input order.
 
-    Prompts run in length-bucketed, left-padded batches. With ``with_ended``, also
+    Prompts run in length-bucketed, left-padded batches of up to ``max_batch`` (each
+    decoding step reads every weight once whatever the batch, so wide batches pay off on
+    CPU: 48 prompts x 24 tokens on qwen2.5-coder-0.5b took 22.4 s in batches of 16 and
+    17.6 s in one batch of 48). With ``with_ended``, also
     returns whether each completion produced the end token (a whole answer) rather
     than stopping at ``max_new_tokens``.
     """

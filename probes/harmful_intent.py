@@ -12,7 +12,9 @@ Training adds the ``benign_alarming`` hard negatives (train only). Evaluation
 the harmless val split):
 
 - test AUROC and TPR at 1% FPR (harmful test vs harmless test),
-- TPR on harmful test wrapped in held-out templates,
+- TPR on harmful test wrapped in held-out templates, and the flagged fraction of
+  harmless test prompts in the same wrappers (a probe that fires on the wrapper
+  rather than the request would score high on both),
 - flagged fraction on the borderline test set (benign prompts with scary words),
 - confound baselines: length only, random direction, shuffled labels,
 - leave-one-category-out AUROC.
@@ -109,10 +111,14 @@ def control_set(limit: int | None = None) -> list[str]:
     return stratified_prompts("harmless", "val", limit)
 
 
-def jailbreak_test(limit: int | None = None) -> list[str]:
-    """Harmful test prompts, each wrapped in one held-out template (round-robin)."""
+def jailbreak_test(limit: int | None = None, name: str = "harmful") -> list[str]:
+    """Test prompts of ``name`` (default harmful), each wrapped in one held-out template.
+
+    ``name="harmless"`` gives the wrapper confound: benign requests in the same
+    jailbreak wrappers, which a harmful-intent detector must not flag.
+    """
     _, held = template_groups()
-    return data.wrap(stratified_prompts("harmful", "test", limit), held)
+    return data.wrap(stratified_prompts(name, "test", limit), held)
 
 
 def _rec(model: LoadedModel, prompts: Sequence[str], layers, position: str) -> Activations:
@@ -185,7 +191,9 @@ def evaluate_harmful_intent(
     out["test"] = evaluate_scores(s_test, te.labels, control, fpr, n_boot=n_boot)
     jb = jailbreak_test(limit)
     s_jb = probe.score(model, jb).numpy()
+    s_jb_benign = probe.score(model, jailbreak_test(limit, "harmless")).numpy()
     out["jailbreak"] = {"tpr": tpr_at_threshold(s_jb, t), "n": len(jb),
+                        "benign_flagged": float(np.mean(s_jb_benign > t)),
                         "templates": [x.id for x in template_groups()[1]]}  # fmt: skip
     bl = stratified_prompts("borderline", "test", limit)
     s_bl = probe.score(model, bl).numpy()
@@ -210,6 +218,7 @@ def evaluate_harmful_intent(
         "harmful test": s_test[te.labels == 1].tolist(),
         "harmless test": s_test[te.labels == 0].tolist(),
         "jailbreak-wrapped harmful test": s_jb.tolist(),
+        "jailbreak-wrapped harmless test": s_jb_benign.tolist(),
         "borderline test": s_bl.tolist(),
         "control (calibration)": control.tolist(),
     }
@@ -217,6 +226,7 @@ def evaluate_harmful_intent(
         "test_auroc": out["test"]["auroc"],
         "test_tpr_at_1pct_fpr": out["test"]["tpr"],
         "jailbreak_tpr": out["jailbreak"]["tpr"],
+        "jailbreak_benign_flagged": out["jailbreak"]["benign_flagged"],
         "borderline_flagged": out["borderline"]["flagged"],
         "test_fpr": out["test"]["fpr"],
         "val_auroc": float(probe.metrics.get("auroc", float("nan"))),

@@ -37,7 +37,7 @@ from steering.refusal_direction import refusal_direction
 FULL = dict(limit=None, methods=["logistic", "mean-diff"], select_by="tpr", n_boot=300, refusal_train=64,
             refusal_val=16, screen=4, finalists=8, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=20, recheck_n=24,
-            attack_n=8, overhead_n=8, smollm=True, backdoor=False, coeff_val_n=8,
+            attack_n=8, overhead_n=8, smollm=True, backdoor=True, coeff_val_n=8,
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
 FAST = dict(limit=6, methods=["logistic"], select_by="tpr", n_boot=100, refusal_train=8, refusal_val=4,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
@@ -269,7 +269,10 @@ def run_demo(
                   key("defense_smollm", after=probe_hash("-smollm")))  # fmt: skip
     if cfg["backdoor"]:
         try:
-            run_stage(ctx, "backdoor", stage_backdoor, key("backdoor"))
+            from probes.backdoor.pipeline import settings
+
+            run_stage(ctx, "backdoor", stage_backdoor,
+                      key("backdoor", after=settings(cfg["fast"])))  # fmt: skip
         except ImportError as exc:
             ctx.log(f"backdoor: skipped ({exc})")
     metrics = {

@@ -55,6 +55,7 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
         "threshold from harmless val",
     )
     add("probe TPR, jailbreak-wrapped (held-out templates)", s.get("jailbreak_tpr"))
+    add("probe flagged, harmless in the same wrappers", s.get("jailbreak_benign_flagged"))
     add(
         "probe flagged, borderline test",
         s.get("borderline_flagged"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from probes.backdoor.evaluate import evaluate_organism, summary
@@ -32,6 +33,12 @@ FAST = {
                                train=TrainConfig(epochs=1, batch_size=8, train_from=0.9)),
     "n_train": 4, "n_test": 4, "gen_tokens": 4, "variants": 1,
 }  # fmt: skip
+
+
+def settings(fast: bool = False) -> dict:
+    """The stage's settings as JSON-able values (a demo cache key: a change re-runs the stage)."""
+    cfg = FAST if fast else FULL
+    return {k: (asdict(v) if k == "organism" else v) for k, v in cfg.items()}
 
 
 def _log(msg: str) -> None:

@@ -19,6 +19,10 @@ def test_demo__fast_runs_end_to_end_and_resumes(tmp_path):
     for stage in ("probe", "refusal", "steering", "defense"):
         assert stage in metrics["stages"]
     assert (out / "probes" / "harmful-intent.safetensors").is_file()
+    probe = metrics["stages"]["probe"]["summary"]
+    # the wrapper confound is measured beside the jailbreak TPR
+    assert 0.0 <= probe["jailbreak_benign_flagged"] <= 1.0
+    assert "jailbreak_benign_flagged" in metrics["stages"]["probe"]["summary"]
     assert (out / "refusal" / "direction.safetensors").is_file()
     assert (out / "defense" / "generations.jsonl").read_text().count("\n") > 0
     page = (out / "report.html").read_text()
