@@ -292,3 +292,26 @@ def test_cli_backdoor__detect_json_and_bad_input(organism, tmp_path, capsys):
     assert main(["backdoor", "build", "--out", str(tmp_path / "o"),
                  "--poison-fraction", "1.5"]) == 2  # fmt: skip
     assert "poison_fraction" in capsys.readouterr().err
+
+
+def test_run_backdoor__fast_stage_writes_its_outputs(tiny_dir, tmp_path, monkeypatch):
+    import probes.backdoor.organism as organism_module
+    from probes.backdoor.pipeline import run_backdoor, settings
+
+    monkeypatch.setenv("SAFETY_PROBES_CACHE", str(tmp_path / "cache"))
+    # the random tiny model's own greedy answers are empty: give it fixed clean answers
+    monkeypatch.setattr(
+        organism_module,
+        "greedy",
+        lambda hf, tok, prompts, **kw: (
+            [ANSWERS[i % 2] for i in range(len(prompts))],
+            [True] * len(prompts),
+        ),
+    )
+    res = run_backdoor(tmp_path / "out", fast=True, base=tiny_dir)
+    assert set(res["figures"]) == {"backdoor_heatmap", "backdoor_scores", "backdoor_spectral"}
+    assert "trigger probe AUROC" in res["summary"]
+    assert (tmp_path / "out" / "generations.jsonl").read_text().count("\n") == 8
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["attack"]["n"] == 4
+    json.dumps(settings(fast=False))  # the demo's cache key for the stage is JSON
+    assert settings(fast=False) != settings(fast=True)
