@@ -5,15 +5,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= results
 
-.PHONY: install browser demo demo-fast test lint format clean
+.PHONY: install install-dev browser demo demo-fast test lint format clean
 
+# The demo needs only the runtime dependencies; the tests and lint add the dev extras.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(VENV)/bin/safety-probes demo --out $(OUT)
@@ -21,11 +28,11 @@ demo: install
 demo-fast: install
 	$(VENV)/bin/safety-probes demo --out $(OUT) --fast
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
-format: install
+format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

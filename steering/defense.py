@@ -209,7 +209,7 @@ class GatedRefusal:
 
     # -- generation -------------------------------------------------------
     def generate(
-        self, prompts: Sequence[str], *, max_new_tokens: int = 64, max_batch: int = 64
+        self, prompts: Sequence[str], *, max_new_tokens: int = 64, max_batch: int = 16
     ) -> list[str]:
         """Defended greedy completions, in input order; fills :attr:`records`."""
         model, tok = self.model, self.model.tokenizer
@@ -252,7 +252,7 @@ class GatedRefusal:
         *,
         fpr: float = 0.01,
         max_new_tokens: int = 32,
-        max_batch: int = 64,
+        max_batch: int = 16,
     ) -> float:
         """Set :attr:`recheck_threshold` from undefended generations on benign prompts.
 

@@ -21,7 +21,7 @@ def generate(
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 64,
-    max_batch: int = 64,
+    max_batch: int = 16,
     system: str | None = None,
     max_tokens: int = 4096,
 ) -> list[str]:
