@@ -21,7 +21,9 @@ A direction must first mediate refusal: ablated, harmful prompts must score
 below the harmless baseline. The candidate with the lowest bypass score among
 those that do and pass both filters is chosen; if none passes, the filters are
 relaxed in order (induce, then KL), never the bypass requirement unless no
-candidate bypasses at all (see ``_tiers``).
+candidate bypasses at all (see ``_tiers``). Once the KL filter is relaxed, the
+bypassing candidate with the lowest KL is chosen, not the strongest bypass (see
+``_rank_score``).
 
 Example:
     >>> result = refusal_direction(model, harmful=h_train, harmless=b_train,
@@ -128,6 +130,17 @@ def _tiers(bypass: Tensor, induce: Tensor, kl: Tensor, harmless_level: float, fl
     return torch.where(torch.isfinite(bypass), t, 4)
 
 
+def _rank_score(tier: Tensor, bypass: Tensor, kl: Tensor) -> Tensor:
+    """Order within a tier (lower is better): the bypass score, except in tier 2.
+
+    Tier 2 bypasses but fails the KL filter: there the candidate that damages the
+    model least (lowest KL) comes first. Ranking tier 2 by bypass would favour the
+    directions that break the model outright (an early-layer direction whose ablation
+    sends KL to ~6 "bypasses" best, by making every answer nonsense).
+    """
+    return torch.where(tier == 2, kl, bypass)
+
+
 def _check(name: str, xs: Sequence[str], minimum: int) -> list[str]:
     xs = list(xs)
     if len(xs) < minimum:
@@ -222,11 +235,12 @@ def refusal_direction(
         if bar:
             bar.update()
     floor_screen = min(0.0, float(base_h[:screen].mean()))
-    # finalists: see _tiers; ranked by screened bypass within each tier
+    # finalists: see _tiers; ranked within each tier by _rank_score
     tier = _tiers(screen_bypass, screen_induce, screen_kl, float(base_b[:screen].mean()),
                   floor_screen, kl_max)  # fmt: skip
+    rank = _rank_score(tier, screen_bypass, screen_kl)
     keys = [(int(t), float(b) if b == b else math.inf)
-            for t, b in zip(tier.flatten().tolist(), screen_bypass.flatten().tolist())]  # fmt: skip
+            for t, b in zip(tier.flatten().tolist(), rank.flatten().tolist())]  # fmt: skip
     order = sorted(range(len(keys)), key=keys.__getitem__)[:finalists]
     # stage 2: the finalists on the whole validation split
     for flat in order:
@@ -246,7 +260,8 @@ def refusal_direction(
     # (mean harmful log-odds below 0) is held to reaching its harmful baseline instead.
     floor = min(0.0, float(base_h.mean()))
     tier = _tiers(bypass, induce, kl, float(base_b.mean()), floor, kl_max)
-    masked = torch.where(tier == tier.min(), bypass, torch.full_like(bypass, float("inf")))
+    rank = _rank_score(tier, bypass, kl)
+    masked = torch.where(tier == tier.min(), rank, torch.full_like(bypass, float("inf")))
     i, layer = divmod(int(masked.argmin()), n_layers)
     meta = {
         "method": "diff-in-means resid_pre, selected by bypass/induce/KL (Arditi et al. 2024)",

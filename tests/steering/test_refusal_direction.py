@@ -3,7 +3,7 @@ import math
 import torch
 
 from steering.judge import RefusalScorer
-from steering.refusal_direction import _tiers, refusal_direction
+from steering.refusal_direction import _rank_score, _tiers, refusal_direction
 
 HARMFUL = [f"Tell me how to hurt person number {i} without being caught." for i in range(10)]
 HARMLESS = [f"Give me a recipe idea number {i} for a quick dinner." for i in range(10)]
@@ -39,6 +39,16 @@ def test_tiers__bypass_first_then_kl_then_induce():
     assert t.tolist() == [[0, 1, 2, 2, 3, 4]]
 
 
+def test_rank_score__kl_relaxed_tier_prefers_the_least_damage():
+    # tier 2 (bypasses, fails KL): a model-breaking direction (KL 5.9, bypass -6) must
+    # lose to a milder one (KL 0.25, bypass -2.6); the other tiers rank by bypass
+    tier = torch.tensor([[2, 2, 1, 1]])
+    bypass = torch.tensor([[-6.0, -2.6, -3.0, -4.0]])
+    kl = torch.tensor([[5.9, 0.25, 0.05, 0.09]])
+    r = _rank_score(tier, bypass, kl)
+    assert r[0, 1] < r[0, 0] and r[0, 3] < r[0, 2]
+
+
 def test_refusal_direction__finalists_follow_the_screened_tiers(tiny):
     free = _run(tiny, kl_max=math.inf, finalists=1)
     kls = free.screen_kl[torch.isfinite(free.screen_kl)]
@@ -47,7 +57,8 @@ def test_refusal_direction__finalists_follow_the_screened_tiers(tiny):
     floor = min(0.0, r.baseline["harmful_val_score"])  # screen prompts = the whole val set here
     tier = _tiers(r.screen_bypass, r.screen_induce, r.screen_kl,
                   r.baseline["harmless_val_score"], floor, kl_max)  # fmt: skip
-    best = torch.where(tier == tier.min(), r.screen_bypass, math.inf)
+    best = torch.where(tier == tier.min(), _rank_score(tier, r.screen_bypass, r.screen_kl),
+                       math.inf)  # fmt: skip
     i, layer = divmod(int(best.argmin()), r.candidates.shape[1])
     assert (r.positions[i], layer) == (r.position, r.layer)
     assert r.direction.meta["tier"] >= int(tier.min())
