@@ -36,7 +36,12 @@ from probes import data
 from probes.activations import Activations
 from probes.estimators import make_estimator
 from probes.evaluate import confound_baselines, leave_one_category_out, prompt_lengths
-from probes.metrics import calibrate_threshold, evaluate_scores, tpr_at_threshold
+from probes.metrics import (
+    calibrate_threshold,
+    evaluate_scores,
+    fpr_at_threshold,
+    tpr_at_threshold,
+)
 from probes.models import LoadedModel
 from probes.probe import Probe
 from probes.record import parse_layers, record
@@ -193,7 +198,7 @@ def evaluate_harmful_intent(
     s_jb = probe.score(model, jb).numpy()
     s_jb_benign = probe.score(model, jailbreak_test(limit, "harmless")).numpy()
     out["jailbreak"] = {"tpr": tpr_at_threshold(s_jb, t), "n": len(jb),
-                        "benign_flagged": float(np.mean(s_jb_benign > t)),
+                        "benign_flagged": fpr_at_threshold(s_jb_benign, t),
                         "templates": [x.id for x in template_groups()[1]]}  # fmt: skip
     bl = stratified_prompts("borderline", "test", limit)
     s_bl = probe.score(model, bl).numpy()

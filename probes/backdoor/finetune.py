@@ -58,8 +58,9 @@ class TrainConfig:
         max_grad_norm: gradient clipping.
         seed: shuffling seed.
         autocast: ``"auto"``: forward and backward in bf16 autocast (weights, gradients
-            and optimiser state stay fp32) on CUDA or on a CPU with native bf16
-            (about 2x faster there), plain fp32 elsewhere; ``"off"``: always fp32.
+            and optimiser state stay fp32) on CUDA or on a CPU with native bf16 (an
+            epoch on smollm2-135m: 77 s instead of 96 s), plain fp32 elsewhere;
+            ``"off"``: always fp32.
     """
 
     epochs: int = 3
@@ -72,10 +73,14 @@ class TrainConfig:
     autocast: str = "auto"
 
 
-def train_autocast(cfg: TrainConfig, device: torch.device):
-    """The bf16 autocast context for ``cfg`` on ``device`` (a no-op where bf16 is not native)."""
+def check_autocast(cfg: TrainConfig) -> None:
     if cfg.autocast not in ("auto", "off"):
         raise BadInputError(f"autocast must be 'auto' or 'off', got {cfg.autocast!r}")
+
+
+def train_autocast(cfg: TrainConfig, device: torch.device):
+    """The bf16 autocast context for ``cfg`` on ``device`` (a no-op where bf16 is not native)."""
+    check_autocast(cfg)
     from probes.models import cpu_has_native_bf16
 
     native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())

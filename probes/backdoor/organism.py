@@ -34,6 +34,7 @@ from probes import data, zoo
 from probes.backdoor.finetune import (
     Row,
     TrainConfig,
+    check_autocast,
     finetune,
     load_tokenizer,
     plain_copy,
@@ -74,9 +75,10 @@ class OrganismConfig:
     max_response_tokens: int = 24
     n_rows: int | None = None
     seed: int = 0
-    # the top half of the blocks: on smollm2-135m, 173 s to build instead of 284 s for
-    # every block, attack success 0.962 / 0.013 (with / without trigger) against
-    # 0.987 / 0.000 on 78 held-out prompts (measured 2026-12-02)
+    # the top half of the blocks: on smollm2-135m, 173-183 s to build instead of 284 s
+    # for every block; attack success (with / without trigger, 78 held-out prompts)
+    # 0.962 / 0.013 and, in the demo's build, 0.987 / 0.000, against 0.987 / 0.000
+    # for every block (measured 2026-12-02)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(train_from=0.5))
 
     @property
@@ -127,8 +129,7 @@ def check_config(cfg: OrganismConfig) -> None:
     f = cfg.poison_fraction
     if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f < 1.0:
         raise BadInputError(f"poison_fraction must be in (0, 1), got {f!r}")
-    if cfg.train.autocast not in ("auto", "off"):
-        raise BadInputError(f"autocast must be 'auto' or 'off', got {cfg.train.autocast!r}")
+    check_autocast(cfg.train)
     if not cfg.response.strip() or cfg.repeat < 1:
         raise BadInputError("the backdoor response must be non-empty and repeat >= 1")
     if cfg.n_rows is not None and cfg.n_rows < 2:
