@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import numbers
+import re
 from contextlib import nullcontext
 from typing import Any
 
@@ -316,9 +317,36 @@ METHODS: dict[str, type[_LinearBinaryProbe]] = {
 }
 
 
+_SPEC = re.compile(r"^\s*([A-Za-z_-]+)\s*(?:\((.*)\))?\s*$")
+
+
 def make_estimator(method: str) -> _LinearBinaryProbe:
-    """A fresh estimator by method name: ``logistic``, ``mean-diff``, ``lda`` or ``pca``."""
-    key = {"meandiff": "mean-diff"}.get(method, method.replace("_", "-"))
+    """A fresh estimator by method name, optionally with numeric parameters.
+
+    ``logistic``, ``mean-diff``, ``lda`` or ``pca``; parameters go in parentheses, e.g.
+    ``"logistic(C=0.03)"`` or ``"lda(shrinkage=0.1)"``, so a sweep can compare
+    settings the way it compares methods (each spelling is one method of the sweep).
+    """
+    m = _SPEC.match(method) if isinstance(method, str) else None
+    if m is None:
+        raise BadInputError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
+    name, args = m.group(1), m.group(2)
+    key = {"meandiff": "mean-diff"}.get(name, name.replace("_", "-"))
     if key not in METHODS:
         raise BadInputError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
-    return METHODS[key]()
+    cls = METHODS[key]
+    params: dict[str, float] = {}
+    for part in filter(str.strip, (args or "").split(",")):
+        k, eq, v = (x.strip() for x in part.partition("="))
+        try:
+            params[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            eq = ""
+        if not eq:
+            raise BadInputError(f"probe method {method!r}: write parameters as name=number")
+    valid = cls().get_params()
+    if bad := sorted(set(params) - set(valid)):
+        raise BadInputError(
+            f"probe method {method!r}: {key} has no parameter {bad[0]!r} (it has {sorted(valid)})"
+        )
+    return cls(**params)

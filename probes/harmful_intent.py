@@ -130,10 +130,17 @@ def _rec(model: LoadedModel, prompts: Sequence[str], layers, position: str) -> A
     return record(model, list(prompts), sites="resid_post", layers=layers, positions=position)
 
 
+# Logistic regression at three regularisation strengths, one decade apart, chosen on val
+# with the layer and position. Strong regularisation generalises better to unseen
+# jailbreak wrappers than sklearn's C=1 (measured 2026-12-02 on Qwen: val TPR at the
+# control threshold 0.65 at C=1 vs 0.83 at C=0.03 for the mean of layer 14).
+DEFAULT_METHODS = ("logistic(C=0.003)", "logistic(C=0.03)", "logistic(C=0.3)")
+
+
 def train_harmful_intent(
     model: LoadedModel,
     *,
-    method: str | Sequence[str] = "logistic",
+    method: str | Sequence[str] = DEFAULT_METHODS,
     layer: int | str = "auto",
     position: str | Sequence[str] = ("last", "mean"),
     fpr: float = 0.01,
@@ -150,6 +157,8 @@ def train_harmful_intent(
             then val AUROC; ``"auroc"``: val AUROC, then TPR. (Val AUROCs of the middle
             layers differ in the third decimal, so ranking by them alone picks among
             layers whose operating points differ widely.)
+        method: one probe method or several to choose from on val (see
+            :func:`probes.estimators.make_estimator`, e.g. ``"logistic(C=0.03)"``).
         position: one position or several to choose from on val (``last``, ``mean``, ...).
         limit: use at most this many prompts per set and split (fast runs).
 

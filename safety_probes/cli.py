@@ -81,14 +81,18 @@ def cmd_record(args: argparse.Namespace) -> None:
 
 def cmd_probe_train(args: argparse.Namespace) -> None:
     from probes import load_model
-    from probes.harmful_intent import evaluate_harmful_intent, train_harmful_intent
+    from probes.estimators import make_estimator
+    from probes.harmful_intent import DEFAULT_METHODS, evaluate_harmful_intent, train_harmful_intent
 
     if args.data != "harmful-intent":
         raise BadInputError(f"unknown task {args.data!r}; available: harmful-intent")
     layer = args.layer if args.layer == "auto" else _int(args.layer, "--layer")
+    if args.method is not None:
+        for m in args.method:
+            make_estimator(m)  # a bad spelling fails before the model loads
     model = load_model(args.model)
-    probe, sweep, acts = train_harmful_intent(model, method=args.method, layer=layer,
-                                              limit=args.limit)  # fmt: skip
+    method = args.method or DEFAULT_METHODS
+    probe, sweep, acts = train_harmful_intent(model, method=method, layer=layer, limit=args.limit)
     report = evaluate_harmful_intent(model, probe, train_acts=acts["train"], limit=args.limit)
     report.pop("scores")
     probe.threshold = report["threshold"]
@@ -268,7 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--model", default=DEFAULT_MODEL)
     sp.add_argument("--data", default="harmful-intent")
-    sp.add_argument("--method", default="logistic", choices=["logistic", "mean-diff", "lda", "pca"])
+    sp.add_argument(
+        "--method",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="logistic, mean-diff, lda or pca, with optional parameters such as "
+        "'logistic(C=0.03)'; several are compared on val (default: logistic at "
+        "C = 0.003, 0.03, 0.3)",
+    )
     sp.add_argument("--layer", default="auto")
     sp.add_argument("--limit", type=int, default=None, help="prompts per set and split")
     sp.add_argument("--out", required=True)

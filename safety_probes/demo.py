@@ -18,6 +18,7 @@ import torch
 from probes import data, load_model, load_probe
 from probes.errors import BadInputError
 from probes.harmful_intent import (
+    DEFAULT_METHODS,
     control_set,
     evaluate_harmful_intent,
     jailbreak_test,
@@ -34,12 +35,12 @@ from steering.orthogonalize import hook_vs_weights_gap
 from steering.plots import coeff_sweep_figure
 from steering.refusal_direction import refusal_direction
 
-FULL = dict(limit=None, methods=["logistic", "mean-diff"], select_by="tpr", n_boot=300, refusal_train=64,
+FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, refusal_train=64,
             refusal_val=16, screen=3, finalists=8, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=20, recheck_n=24,
             attack_n=8, overhead_n=8, smollm=True, backdoor=True, coeff_val_n=8,
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
-FAST = dict(limit=6, methods=["logistic"], select_by="tpr", n_boot=100, refusal_train=8, refusal_val=4,
+FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, refusal_train=8, refusal_val=4,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
             eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
@@ -165,7 +166,7 @@ def stage_defense(ctx: Context) -> dict:
     recheck = _recheck_threshold(ctx, model, probe)
     table = compare.compare_defenses(
         compare.standard_defenses(model, probe, d, cast, max_new_tokens=c["gen_tokens"],
-                                  modes=("steer", "calibrate"), coeff=coeff,
+                                  modes=("steer", "calibrate", "block"), coeff=coeff,
                                   recheck_threshold=recheck),
         sets, progress=ctx.log,
     )  # fmt: skip

@@ -3,8 +3,9 @@
 A :class:`~probes.monitor.ProbeMonitor` scores every example of a batch on
 its own; the gate is a per-example boolean that the interventions read at
 each forward, so harmful and benign requests in one batch are treated
-independently. The gate is decided at the prompt (a cheap early-stopped
-pre-pass, so every layer of the prompt forward already sees it) and re-checked
+independently. The gate is decided at the prompt (during the prompt forward when every
+intervention sits after the probe's layer, else in an early-stopped pre-pass, so
+every layer of the prompt forward already sees it) and re-checked
 on every generated token: a completion that turns harmful mid-generation
 trips the gate from the next token on. Generated tokens are scored against
 their own threshold (``recheck_threshold``), because a probe calibrated at a
@@ -18,7 +19,9 @@ Modes:
         probe is confidently below threshold (``score < threshold - margin``),
         which removes over-refusal of benign requests with alarming words.
     ``block``: replace a gated example's answer with a fixed refusal (for
-        models that never refuse).
+        models that never refuse). Given a refusal direction it is two-sided like
+        ``calibrate``: the direction is ablated where the probe is confidently
+        below threshold, so a model that over-refuses benign requests stops.
 
 Example:
     >>> defense = GatedRefusal(model, probe, direction, mode="calibrate")  # doctest: +SKIP
@@ -91,11 +94,13 @@ class GatedRefusal:
     Args:
         model: the model to defend.
         probe: a harmful-intent :class:`~probes.probe.Probe` for this model.
-        direction: the refusal :class:`~steering.directions.Direction` (not needed for ``block``).
+        direction: the refusal :class:`~steering.directions.Direction` (optional for
+            ``block``, which then also ablates it on confidently benign examples).
         mode: ``steer``, ``calibrate`` or ``block``.
         threshold: overrides the probe's calibrated threshold.
         coeff: addition coefficient.
-        margin: ``calibrate`` ablates where ``score < threshold - margin``.
+        margin: ``calibrate`` (and ``block`` with a direction) ablates where
+            ``score < threshold - margin``.
         recheck: re-check the gate on each generated token.
         recheck_threshold: the threshold for generated tokens (default: ``threshold``;
             see :meth:`calibrate_recheck`).
@@ -148,6 +153,11 @@ class GatedRefusal:
         self._stack: contextlib.ExitStack | None = None
         self.records: list[GateRecord] = []
 
+    @property
+    def _two_sided(self) -> bool:
+        """Ablate the direction where the probe is confidently below threshold."""
+        return self.mode == "calibrate" or (self.mode == "block" and self.direction is not None)
+
     # -- gate -------------------------------------------------------------
     def _on_score(self, name: str, s: Tensor, is_prompt: bool) -> None:
         if is_prompt:
@@ -192,7 +202,7 @@ class GatedRefusal:
             if self.mode in ("steer", "calibrate"):
                 stack.enter_context(add(self.model, self.direction, coeff=self.coeff,
                                         mask=self._steer_mask))  # fmt: skip
-            if self.mode == "calibrate":
+            if self._two_sided:
                 stack.enter_context(ablate(self.model, self.direction, mask=self._ablate_mask))
         except BaseException:
             stack.close()
@@ -222,7 +232,8 @@ class GatedRefusal:
                 ids = batch.input_ids.to(model.device)
                 mask = batch.attention_mask.to(model.device)
                 self._monitor.set_content_weights(content_weights(enc, batch))
-                self._prefill(ids, mask, layer)
+                if self._needs_prefill(layer):
+                    self._prefill(ids, mask, layer)
                 with torch.inference_mode():
                     gen = model.hf_model.generate(
                         input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -241,7 +252,7 @@ class GatedRefusal:
                     self.records[r] = GateRecord(
                         prompts[r], float(mon_scores[i, 0]),
                         float(mon_scores[i, : 1 + n_valid[i]].max()),
-                        fired_at is not None, fired_at, bool(self._benign[i]) and self.mode == "calibrate",
+                        fired_at is not None, fired_at, bool(self._benign[i]) and self._two_sided,
                     )  # fmt: skip
                 self._gate = self._benign = None
         return outs
@@ -291,6 +302,18 @@ class GatedRefusal:
         self.recheck_calibration = maxima  # input order; -inf: nothing generated
         self.recheck_threshold = float(calibrate_threshold(finite, fpr))
         return self.recheck_threshold
+
+    def _needs_prefill(self, probe_layer: int) -> bool:
+        """Whether the gate must be known before the prompt forward reaches the probe.
+
+        Ablation (two-sided modes) acts at every layer, so the gate must be set by an
+        early-stopped pre-pass. An addition at a later layer than the probe's, and
+        block's text replacement, read the gate the monitor sets during generation's
+        own prompt forward: no second pass (a mixed-batch test checks the equivalence).
+        """
+        if self._two_sided:
+            return True
+        return self.mode == "steer" and self.direction.layer <= probe_layer
 
     def _prefill(self, ids: Tensor, mask: Tensor, layer: int) -> None:
         """Score the prompts with a forward stopped after the probe's layer; set the gate."""

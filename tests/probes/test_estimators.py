@@ -211,3 +211,31 @@ def test_make_estimator__names():
     assert isinstance(make_estimator("lda"), LDAProbe)
     with pytest.raises(BadInputError, match="unknown probe method"):
         make_estimator("svm")
+
+
+def test_make_estimator__parameters_in_the_name():
+    est = make_estimator("logistic(C=0.03)")
+    assert isinstance(est, LogisticProbe) and est.C == 0.03
+    assert make_estimator(" logistic ( C=2, max_iter=50 ) ").get_params()["max_iter"] == 50
+    # a stronger penalty gives a smaller direction on the same data
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = (X[:, 0] + 0.5 * rng.normal(size=200) > 0).astype(int)
+    small = np.linalg.norm(make_estimator("logistic(C=0.001)").fit(X, y).coef_)
+    large = np.linalg.norm(make_estimator("logistic(C=10)").fit(X, y).coef_)
+    assert small < large
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("logistic(D=1)", "no parameter 'D'"),
+        ("logistic(C=x)", "name=number"),
+        ("logistic(C)", "name=number"),
+        ("logistic(C=0)", "C must be a positive"),
+        ("svm(C=1)", "unknown probe method"),
+    ],
+)
+def test_make_estimator__bad_parameters_are_clear(spec, match):
+    with pytest.raises(BadInputError, match=match):
+        make_estimator(spec).fit(np.eye(4), [0, 1, 0, 1])

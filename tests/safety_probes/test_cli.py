@@ -96,6 +96,8 @@ def test_cli__probe_train_score_generate_on_tiny(tiny_dir, tmp_path, capsys):
     "argv",
     [
         ["probe", "train", "--data", "nope", "--out", "p.safetensors"],
+        ["probe", "train", "--method", "logistic(C=0.1)", "svm", "--out", "p.safetensors"],
+        ["probe", "train", "--method", "logistic(gamma=2)", "--out", "p.safetensors"],
         ["probe", "score", "--probe", "missing.safetensors", "--prompts", "missing.jsonl"],
         ["generate", "--prompts", "missing.jsonl"],
         ["demo", "--out", "afile"],

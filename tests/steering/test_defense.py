@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from probes import BadInputError
+from probes import BadInputError, record
 from steering.defense import GatedRefusal
 from steering.directions import Direction
 from steering.generate import generate
+from steering.interventions import ablate
 from tests.probes.test_monitor import make_probe
 
 
@@ -41,6 +42,49 @@ def test_defense__block_replaces_gated_answers(tiny, prompts, direction):
     outs = d.generate(prompts, max_new_tokens=5)
     for o, r in zip(outs, d.report()):
         assert (o == d.refusal_text) == r["fired"]
+
+
+def test_defense__block_with_a_direction_is_two_sided(tiny, prompts, direction):
+    """Block with a direction also ablates it on confidently benign examples."""
+    probe = make_probe(tiny, layer=0)
+    t = _threshold_between(tiny, probe, prompts)
+    # a direction the residual stream really has a component along, so ablating it matters
+    acts = record(tiny, prompts, sites="resid_pre", layers=[1], positions="last")
+    direction = Direction(acts.layer("resid_pre", 1).float().mean(0), 1, "last", tiny.identity)
+    one = GatedRefusal(tiny, probe, mode="block", threshold=t, recheck=False)
+    two = GatedRefusal(tiny, probe, direction, mode="block", threshold=t, recheck=False)
+    outs1, outs2 = one.generate(prompts, max_new_tokens=6), two.generate(prompts, max_new_tokens=6)
+    with ablate(tiny, direction):
+        ablated = generate(tiny, prompts, max_new_tokens=6)
+    for o1, o2, a, r1, r2 in zip(outs1, outs2, ablated, one.report(), two.report()):
+        assert r1["fired"] == r2["fired"] and not r1["ablated"]
+        if r2["fired"]:
+            assert o1 == o2 == two.refusal_text and not r2["ablated"]
+        else:
+            assert r2["ablated"] and o2 == a
+    assert any(o1 != o2 for o1, o2 in zip(outs1, outs2))  # the ablation changed something
+    assert tiny.n_active_hooks() == 0
+
+
+@pytest.mark.parametrize("mode", ["steer", "block"])
+def test_defense__gate_set_inside_the_prompt_forward_equals_a_pre_pass(
+    tiny, prompts, direction, mode, monkeypatch
+):
+    """With every intervention after the probe's layer no pre-pass runs, same outputs."""
+    probe = make_probe(tiny, layer=0)  # the direction adds at layer 1
+    t = _threshold_between(tiny, probe, prompts)
+    d = GatedRefusal(tiny, probe, direction if mode == "steer" else None, mode=mode,
+                     threshold=t, coeff=4.0)  # fmt: skip
+    assert not d._needs_prefill(probe.layer)
+    calls = []
+    monkeypatch.setattr(d, "_prefill", lambda *a: calls.append(1) or GatedRefusal._prefill(d, *a))
+    one_pass = d.generate(prompts, max_new_tokens=6)
+    rep = d.report()
+    assert not calls
+    monkeypatch.setattr(d, "_needs_prefill", lambda layer: True)
+    assert d.generate(prompts, max_new_tokens=6) == one_pass and calls
+    assert d.report() == rep and 0 < sum(r["fired_at"] == 0 for r in rep) < len(prompts)
+    assert tiny.n_active_hooks() == 0
 
 
 def test_defense__steer_changes_only_gated_examples(tiny, prompts, direction):
