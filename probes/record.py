@@ -181,6 +181,26 @@ def _forward(model: LoadedModel, input_ids: Tensor, attention_mask: Tensor) -> N
                                  position_ids=position_ids(attention_mask), use_cache=False)  # fmt: skip
 
 
+def forward_until(
+    model: LoadedModel, input_ids: Tensor, attention_mask: Tensor, hook_name: str
+) -> None:
+    """Run the decoder on a batch and stop right after ``hook_name`` fires.
+
+    For callers whose own hooks (e.g. a :class:`~probes.monitor.ProbeMonitor`) read a
+    site and need nothing later: the hooks already attached at ``hook_name`` run
+    first, then the forward stops. No logits, no cache.
+    """
+
+    def stop(module, args, x):
+        raise _StopForward
+
+    with hooks(model, {hook_name: stop}), torch.inference_mode():
+        try:
+            _forward(model, input_ids, attention_mask)
+        except _StopForward:
+            pass
+
+
 def record_slice(
     model: LoadedModel,
     prompts: Sequence[str],

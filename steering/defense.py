@@ -43,7 +43,7 @@ from probes.models import LoadedModel
 from probes.monitor import ProbeMonitor
 from probes.probe import Probe
 from probes.prompts import bucketed, content_weights, encode
-from probes.record import hooks, parse_layers
+from probes.record import forward_until, hooks, parse_layers
 from steering.directions import Direction
 from steering.interventions import ablate, add
 
@@ -319,8 +319,7 @@ class GatedRefusal:
         """Score the prompts with a forward stopped after the probe's layer; set the gate."""
         self._gate = self._benign = None
         self._prefilled = False
-        with torch.inference_mode():
-            self.model.bridge(ids, attention_mask=mask, stop_at_layer=layer + 1, return_type=None)
+        forward_until(self.model, ids, mask, self.model.hook_name(self.probe.site, layer))
         self._prefilled = True
 
     def report(self) -> list[dict]:
