@@ -39,10 +39,11 @@ import torch
 from torch import Tensor
 
 from probes.errors import BadInputError
+from probes.generation import greedy
 from probes.models import LoadedModel
 from probes.monitor import ProbeMonitor
 from probes.probe import Probe
-from probes.prompts import bucketed, content_weights, encode
+from probes.prompts import content_weights
 from probes.record import forward_until, hooks, parse_layers
 from steering.directions import Direction
 from steering.interventions import ablate, add
@@ -222,40 +223,38 @@ class GatedRefusal:
         self, prompts: Sequence[str], *, max_new_tokens: int = 64, max_batch: int = 16
     ) -> list[str]:
         """Defended greedy completions, in input order; fills :attr:`records`."""
-        model, tok = self.model, self.model.tokenizer
-        enc = encode(tok, prompts)
-        outs: list[str] = [""] * len(enc)
-        self.records = [None] * len(enc)  # type: ignore[list-item]
+        prompts = list(prompts)
+        model = self.model
+        self.records = [None] * len(prompts)  # type: ignore[list-item]
         layer = parse_layers([self.probe.layer], model.n_layers)[0]
-        with self:
-            for batch in bucketed(enc, range(len(enc)), tok.pad_token_id, 4096, max_batch):
+        blocked: set[int] = set()
+
+        def before(enc, batch) -> None:
+            self._monitor.set_content_weights(content_weights(enc, batch))
+            if self._needs_prefill(layer):
                 ids = batch.input_ids.to(model.device)
-                mask = batch.attention_mask.to(model.device)
-                self._monitor.set_content_weights(content_weights(enc, batch))
-                if self._needs_prefill(layer):
-                    self._prefill(ids, mask, layer)
-                with torch.inference_mode():
-                    gen = model.hf_model.generate(
-                        input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                        do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    )  # fmt: skip
-                mon_scores = self._monitor.scores("probe")
-                n_valid = _valid_steps(gen[:, ids.shape[1] :], tok)
-                for i, r in enumerate(batch.rows):
-                    text = tok.decode(gen[i, ids.shape[1] :], skip_special_tokens=True).strip()
-                    fired_at = self._fired_at[i]
-                    if fired_at is not None and fired_at > n_valid[i]:
-                        fired_at = None  # fired on batch padding after this example ended
-                    if self.mode == "block" and fired_at is not None:
-                        text = self.refusal_text
-                    outs[r] = text
-                    self.records[r] = GateRecord(
-                        prompts[r], float(mon_scores[i, 0]),
-                        float(mon_scores[i, : 1 + n_valid[i]].max()),
-                        fired_at is not None, fired_at, bool(self._benign[i]) and self._two_sided,
-                    )  # fmt: skip
-                self._gate = self._benign = None
-        return outs
+                self._prefill(ids, batch.attention_mask.to(model.device), layer)
+
+        def after(batch, new: Tensor) -> None:
+            mon_scores = self._monitor.scores("probe")
+            n_valid = _valid_steps(new, model.tokenizer)
+            for i, r in enumerate(batch.rows):
+                fired_at = self._fired_at[i]
+                if fired_at is not None and fired_at > n_valid[i]:
+                    fired_at = None  # fired on batch padding after this example ended
+                if self.mode == "block" and fired_at is not None:
+                    blocked.add(r)
+                self.records[r] = GateRecord(
+                    prompts[r], float(mon_scores[i, 0]),
+                    float(mon_scores[i, : 1 + n_valid[i]].max()),
+                    fired_at is not None, fired_at, bool(self._benign[i]) and self._two_sided,
+                )  # fmt: skip
+            self._gate = self._benign = None
+
+        with self:
+            outs = greedy(model.hf_model, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                          max_batch=max_batch, before_batch=before, after_batch=after)  # fmt: skip
+        return [self.refusal_text if i in blocked else o for i, o in enumerate(outs)]
 
     def calibrate_recheck(
         self,
@@ -278,24 +277,20 @@ class GatedRefusal:
         benign = list(benign)
         if not benign:
             raise BadInputError("calibrate_recheck needs at least one benign prompt")
-        model, tok = self.model, self.model.tokenizer
-        enc = encode(tok, benign)
-        maxima = [float("-inf")] * len(enc)
+        model = self.model
+        maxima = [float("-inf")] * len(benign)
         with ProbeMonitor(model, self.probe) as mon:
-            for batch in bucketed(enc, range(len(enc)), tok.pad_token_id, 4096, max_batch):
-                ids = batch.input_ids.to(model.device)
-                mon.set_content_weights(content_weights(enc, batch))
-                with torch.inference_mode():
-                    gen = model.hf_model.generate(
-                        input_ids=ids, attention_mask=batch.attention_mask.to(model.device),
-                        max_new_tokens=max_new_tokens, do_sample=False,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    )  # fmt: skip
+
+            def after(batch, new: Tensor) -> None:
                 tokens = mon.scores("probe")[:, 1:]  # [batch, steps]
-                n_valid = _valid_steps(gen[:, ids.shape[1] :], tok)
+                n_valid = _valid_steps(new, model.tokenizer)
                 for i, r in enumerate(batch.rows):
                     k = min(n_valid[i], tokens.shape[1])
                     maxima[r] = float(tokens[i, :k].max()) if k else float("-inf")
+
+            greedy(model.hf_model, model.tokenizer, benign, max_new_tokens=max_new_tokens,
+                   max_batch=max_batch, after_batch=after,
+                   before_batch=lambda enc, b: mon.set_content_weights(content_weights(enc, b)))  # fmt: skip
         finite = [m for m in maxima if m != float("-inf")]
         if not finite:
             raise BadInputError("no benign prompt generated a token; raise max_new_tokens")
