@@ -38,12 +38,14 @@ from steering.refusal_direction import refusal_direction
 FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, refusal_train=64,
             refusal_val=16, screen=3, finalists=8, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=20, recheck_n=24,
-            attack_n=8, overhead_n=8, smollm=True, backdoor=True, coeff_val_n=8,
+            attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=8,
+            defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
 FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, refusal_train=8, refusal_val=4,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
             eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
+            defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0))  # fmt: skip
 
 
@@ -55,8 +57,9 @@ STAGE_SETTINGS = {
                 "cand_positions"),
     "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_grid",
                  "sweep_coeffs"),
-    "defense": ("limit", "defense_n", "recheck_n", "attack_n", "overhead_n", "gen_tokens"),
-    "defense_smollm": ("defense_n", "recheck_n", "gen_tokens"),
+    "defense": ("limit", "defense_n", "recheck_n", "recheck_sets", "attack_n", "overhead_n",
+                "gen_tokens", "defense_modes"),
+    "defense_smollm": ("defense_n", "recheck_n", "recheck_sets", "gen_tokens"),
     "backdoor": ("fast",),
 }  # fmt: skip
 
@@ -166,7 +169,7 @@ def stage_defense(ctx: Context) -> dict:
     recheck = _recheck_threshold(ctx, model, probe)
     table = compare.compare_defenses(
         compare.standard_defenses(model, probe, d, cast, max_new_tokens=c["gen_tokens"],
-                                  modes=("steer", "calibrate", "block"), coeff=coeff,
+                                  modes=c["defense_modes"], coeff=coeff,
                                   recheck_threshold=recheck),
         sets, progress=ctx.log,
     )  # fmt: skip
@@ -189,10 +192,11 @@ def stage_defense(ctx: Context) -> dict:
     ctx.write_jsonl("defense/generations.jsonl", gens)
     from steering.defense import GatedRefusal
 
-    gate = GatedRefusal(model, probe, d, mode="calibrate", coeff=coeff, recheck_threshold=recheck)
-    ov = None
-    if c["overhead_n"]:
-        ov = compare.overhead(model, gate, sets["harmless"][: c["overhead_n"]], c["gen_tokens"])
+    ov = {}
+    for mode in c["defense_modes"] if c["overhead_n"] else ():
+        gate = GatedRefusal(model, probe, d, mode=mode, coeff=coeff, recheck_threshold=recheck)
+        ov[mode] = compare.overhead(model, gate, sets["harmless"][: c["overhead_n"]],
+                                    c["gen_tokens"])  # fmt: skip
     return {"table": table, "under_ablation_attack": attacked, "threshold_sweep": sweep,
             "cast_threshold": cast.threshold, "cast_layer": cast.layer, "overhead": ov,
             "coeff": coeff, "probe_threshold": probe.threshold,
@@ -200,13 +204,19 @@ def stage_defense(ctx: Context) -> dict:
 
 
 def _recheck_threshold(ctx: Context, model, probe) -> float:
-    """The gate's token-level threshold, calibrated on benign control generations (val)."""
+    """The gate's token-level threshold, calibrated on benign generations (val splits).
+
+    The benign sets (``recheck_sets``, val splits) are harmless plus borderline:
+    answers to benign requests with alarming words use alarming words too, and a
+    threshold calibrated on plain harmless answers alone fired on 4 of 20 borderline
+    test answers (2026-12-02, qwen, block mode).
+    """
     from steering.defense import GatedRefusal
 
     c = ctx.config
     gate = GatedRefusal(model, probe, mode="block")
-    return gate.calibrate_recheck(control_set(c["recheck_n"]), fpr=0.01,
-                                  max_new_tokens=c["gen_tokens"])  # fmt: skip
+    benign = [p for name in c["recheck_sets"] for p in _p(name, "val", c["recheck_n"])]
+    return gate.calibrate_recheck(benign, fpr=0.01, max_new_tokens=c["gen_tokens"])
 
 
 def stage_defense_smollm(ctx: Context) -> dict:

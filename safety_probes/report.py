@@ -84,11 +84,8 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
         vals = "/".join(_fmt(_get(row, k, "refusal_rate")) for k in ("harmful", "jailbreak",
                                                                      "harmless", "borderline"))  # fmt: skip
         rows.append((f"defense {name}", vals, "refusal: harmful/jailbreak/harmless/borderline"))
-    add(
-        "defense overhead (calibrate)",
-        _get(st, "defense", "overhead", "overhead"),
-        "vs plain generation",
-    )
+    for mode, ov in (_get(st, "defense", "overhead", default={}) or {}).items():
+        add(f"defense overhead ({mode})", _get(ov, "overhead"), "vs plain generation")
     for name, row in _get(st, "defense_smollm", "table", default={}).items():
         vals = "/".join(_fmt(_get(row, k, "refusal_rate")) for k in ("harmful", "jailbreak",
                                                                      "harmless", "borderline"))  # fmt: skip
