@@ -54,7 +54,8 @@ def test_defense__block_with_a_direction_is_two_sided(tiny, prompts, direction):
     one = GatedRefusal(tiny, probe, mode="block", threshold=t, recheck=False)
     two = GatedRefusal(tiny, probe, direction, mode="block", threshold=t, recheck=False)
     outs1, outs2 = one.generate(prompts, max_new_tokens=6), two.generate(prompts, max_new_tokens=6)
-    with ablate(tiny, direction):
+    assert two.ablate_layers == list(range(1, tiny.n_layers))  # after the probe's layer 0
+    with ablate(tiny, direction, layers=two.ablate_layers):
         ablated = generate(tiny, prompts, max_new_tokens=6)
     for o1, o2, a, r1, r2 in zip(outs1, outs2, ablated, one.report(), two.report()):
         assert r1["fired"] == r2["fired"] and not r1["ablated"]
@@ -66,15 +67,14 @@ def test_defense__block_with_a_direction_is_two_sided(tiny, prompts, direction):
     assert tiny.n_active_hooks() == 0
 
 
-@pytest.mark.parametrize("mode", ["steer", "block"])
+@pytest.mark.parametrize("mode", ["steer", "calibrate", "block"])
 def test_defense__gate_set_inside_the_prompt_forward_equals_a_pre_pass(
     tiny, prompts, direction, mode, monkeypatch
 ):
     """With every intervention after the probe's layer no pre-pass runs, same outputs."""
     probe = make_probe(tiny, layer=0)  # the direction adds at layer 1
     t = _threshold_between(tiny, probe, prompts)
-    d = GatedRefusal(tiny, probe, direction if mode == "steer" else None, mode=mode,
-                     threshold=t, coeff=4.0)  # fmt: skip
+    d = GatedRefusal(tiny, probe, direction, mode=mode, threshold=t, coeff=4.0)
     assert not d._needs_prefill(probe.layer)
     calls = []
     monkeypatch.setattr(d, "_prefill", lambda *a: calls.append(1) or GatedRefusal._prefill(d, *a))
@@ -178,4 +178,29 @@ def test_defense__mean_position_probe_gates_like_offline_scores(tiny, prompts):
     fired = (probe.score(tiny, prompts) > t).tolist()
     assert [r["fired"] for r in d.report()] == fired and 0 < sum(fired) < len(fired)
     assert [o == d.refusal_text for o in outs] == fired
+    assert tiny.n_active_hooks() == 0
+
+
+def test_defense__ablate_from_all_runs_a_pre_pass_and_ablates_every_layer(tiny, prompts):
+    probe = make_probe(tiny, layer=0)
+    acts = record(tiny, prompts, sites="resid_pre", layers=[2], positions="last")
+    direction = Direction(acts.layer("resid_pre", 2).float().mean(0), 2, "last", tiny.identity)
+    t = _threshold_between(tiny, probe, prompts)
+    auto = GatedRefusal(tiny, probe, direction, mode="calibrate", threshold=t, recheck=False)
+    full = GatedRefusal(tiny, probe, direction, mode="calibrate", threshold=t, recheck=False,
+                        ablate_from="all")  # fmt: skip
+    assert auto.ablate_layers == [1, 2] and not auto._needs_prefill(0)
+    assert full.ablate_layers == [0, 1, 2] and full._needs_prefill(0)
+    outs = full.generate(prompts, max_new_tokens=6)
+    benign = [p for p, r in zip(prompts, full.report()) if r["ablated"]]
+    assert benign
+    with ablate(tiny, direction):
+        assert generate(tiny, benign, max_new_tokens=6) == [
+            o for o, r in zip(outs, full.report()) if r["ablated"]
+        ]
+    with pytest.raises(BadInputError, match="ablate_from"):
+        GatedRefusal(tiny, probe, direction, mode="calibrate", threshold=t, ablate_from="late")
+    last = make_probe(tiny, layer=tiny.n_layers - 1)
+    with pytest.raises(BadInputError, match="nothing after it"):
+        GatedRefusal(tiny, last, direction, mode="calibrate", threshold=0.0, ablate_from="probe")
     assert tiny.n_active_hooks() == 0
