@@ -37,7 +37,7 @@ from steering.refusal_direction import refusal_direction
 
 FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, refusal_train=64,
             refusal_val=16, screen=3, finalists=8, cand_layers=None, cand_positions=None,
-            eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=20, recheck_n=24,
+            eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=20, recheck_n=64,
             attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=8,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
