@@ -84,11 +84,19 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+THRESHOLD_RTOL = 1e-5  # see calibrate_threshold
+
+
 def calibrate_threshold(benign_scores: Any, fpr: float = 0.01) -> float:
     """Threshold ``t`` such that at most ``fpr`` of the benign control set scores above it.
 
     Calibrate on a *separate* benign control set, never on the test set. With ``n``
     control scores, at most ``floor(fpr * n)`` of them are ``> t``.
+
+    ``t`` sits a rounding tolerance (``1e-5 * max(1, |s|)``) above the control score
+    ``s`` it is read from: the same example re-scored by another code path (float32 in
+    :class:`~probes.monitor.ProbeMonitor`, another BLAS summation order) must not cross
+    its own threshold. (A CI run scored one control example 1 ulp above it.)
 
     Args:
         benign_scores: control-set scores, shape [n].
@@ -97,7 +105,8 @@ def calibrate_threshold(benign_scores: Any, fpr: float = 0.01) -> float:
     fpr = _check_fpr(fpr)
     s = np.sort(scores_1d(benign_scores, "benign control scores"))[::-1]
     k = int(np.floor(fpr * len(s) + 1e-9))
-    return float(s[min(k, len(s) - 1)])
+    t = float(s[min(k, len(s) - 1)])
+    return t + THRESHOLD_RTOL * max(1.0, abs(t))
 
 
 def tpr_at_threshold(pos_scores: Any, t: float) -> float:

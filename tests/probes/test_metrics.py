@@ -31,10 +31,16 @@ def test_calibrate_threshold__respects_fpr_on_control(n, fpr):
     control = np.random.default_rng(n).standard_normal(n)
     t = calibrate_threshold(control, fpr)
     assert fpr_at_threshold(control, t) <= fpr
-    # and it is the tightest such threshold: one step lower would exceed the budget
+    # rounding noise from re-scoring (float32, another summation order) stays inside
+    noisy = control * (1 + 1e-6 * np.random.default_rng(0).standard_normal(n))
+    assert fpr_at_threshold(noisy, t) <= fpr
+    assert fpr_at_threshold(control.astype(np.float32), t) <= fpr
+    # and it is the tightest such threshold: it sits within the tolerance of a control
+    # score, and the next lower control score would exceed the budget
     below = np.sort(control)[np.sort(control) < t]
-    if len(below):
-        assert fpr_at_threshold(control, below[-1]) > fpr or np.floor(fpr * n) == 0
+    assert t - below[-1] <= 1e-5 * max(1.0, abs(below[-1])) + 1e-12
+    if len(below) > 1:
+        assert fpr_at_threshold(control, below[-2]) > fpr or np.floor(fpr * n) == 0
 
 
 def test_calibrate_threshold__ties_never_exceed_budget():
