@@ -138,7 +138,9 @@ def test_defense__calibrate_recheck_bounds_token_level_firing(smollm):
     top = float(probe.score(smollm, REAL_PROMPTS).max()) + 1e-3  # nothing fires at the prompt
     d = GatedRefusal(smollm, probe, mode="block", threshold=top)
     t = d.calibrate_recheck(REAL_PROMPTS, fpr=0.01, max_new_tokens=10)
-    assert d.recheck_threshold == t == max(d.recheck_calibration) and d.threshold == top
+    top_benign = max(d.recheck_calibration)  # at 1% FPR of 5 prompts: their maximum
+    assert d.recheck_threshold == t and d.threshold == top
+    assert top_benign < t <= top_benign + 1e-5 * max(1.0, abs(top_benign))
     assert len(set(d.recheck_calibration)) >= 3  # a real spread of maxima
     d.generate(REAL_PROMPTS, max_new_tokens=10)  # block mode: the same greedy generations
     assert not any(r["fired"] for r in d.report())
