@@ -142,7 +142,7 @@ def _run_batch(
     last = max((_SITE_ORDER[s], layer, s) for s in req.sites for layer in req.layers)
     last_name = f"blocks.{last[1]}.hook_{last[2]}"
 
-    def make(site: str, j: int, name: str):
+    def make(site: str, j: int):
         def fn(module, args, x):  # x: [batch, seq, d]
             for p in req.positions:
                 if p == "all":
@@ -151,21 +151,15 @@ def _run_batch(
                     res[site, p][:, j] = torch.einsum("bs,bsd->bd", weights.to(x.dtype), x)
                 else:
                     res[site, p][:, j] = x[rows, idx[p]]
-            if name == last_name:
-                raise _StopForward
 
         return fn
 
     fns = {}
     for s in req.sites:
         for j, layer in enumerate(req.layers):
-            name = f"blocks.{layer}.hook_{s}"
-            fns[name] = make(s, j, name)
-    with hooks(model, fns), torch.inference_mode():
-        try:
-            _forward(model, batch.input_ids.to(dev), batch.attention_mask.to(dev))
-        except _StopForward:
-            pass
+            fns[f"blocks.{layer}.hook_{s}"] = make(s, j)
+    with hooks(model, fns):
+        forward_until(model, batch.input_ids.to(dev), batch.attention_mask.to(dev), last_name)
     return res
 
 
