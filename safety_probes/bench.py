@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from probes import data, load_model, record
+from probes.allocator import keep_freed_memory
 from probes.errors import BadInputError
 from probes.prompts import bucketed, encode, position_ids
 
@@ -55,6 +56,7 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
 
     ``model_name`` is anything :func:`probes.load_model` accepts (zoo name, folder, hub id).
     """
+    keep_freed_memory()  # as the CLI does; every path below runs under the same allocator
     model = load_model(model_name)
     pool = data.prompts("harmful") + data.prompts("harmless")
     prompts = (pool * (n_prompts // len(pool) + 1))[:n_prompts]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from probes import data, load_model, record
+from probes.allocator import keep_freed_memory
 from probes.activations import Activations
 from probes.models import LoadedModel
 from probes.sweep import sweep_activations
@@ -37,6 +38,7 @@ METHODS = ("logistic", "mean-diff")
 
 
 def _model(model: str | os.PathLike | LoadedModel | None) -> LoadedModel:
+    keep_freed_memory()  # as the CLI does (probes.allocator)
     if isinstance(model, LoadedModel):
         return model
     return load_model() if model is None else load_model(model)

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from probes.allocator import keep_freed_memory
 from probes.errors import BadInputError
 
 
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # large CPU tensors reuse freed heap memory (probes.allocator)
     try:
         args.fn(args)
     except BadInputError as exc:
