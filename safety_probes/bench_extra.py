@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from probes import data, load_model, record
-from probes.allocator import keep_freed_memory
 from probes.activations import Activations
+from probes.allocator import keep_freed_memory
 from probes.models import LoadedModel
 from probes.sweep import sweep_activations
 
