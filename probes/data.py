@@ -1,7 +1,7 @@
 """Prompt data: the sets shipped in ``datasets/``, user prompt files and public benchmarks.
 
 The shipped sets (``harmful``, ``harmless``, ``borderline``, ``backdoor``,
-``benign_alarming``) are JSONL files with the keys ``id, prompt, label, category, split,
+``benign_alarming``, ``harmful_extra``, ``harmless_extra``) are JSONL files with the keys ``id, prompt, label, category, split,
 source``; ``datasets/README.md`` is their dataset card. Public benchmarks are never
 downloaded here: the user fetches the file and passes its local path to a loader, which
 reads it in its own format.
@@ -23,7 +23,15 @@ from pathlib import Path
 
 from probes.errors import BadInputError
 
-SETS = ("harmful", "harmless", "borderline", "backdoor", "benign_alarming")
+SETS = (
+    "harmful",
+    "harmless",
+    "borderline",
+    "backdoor",
+    "benign_alarming",
+    "harmful_extra",
+    "harmless_extra",
+)
 SPLITS = ("train", "val", "test")
 _FIELDS = ("id", "prompt", "label", "category", "split", "source")
 _SLOT = "{prompt}"
@@ -45,7 +53,8 @@ class Record:
 class Template:
     """A jailbreak wrapper with exactly one ``{prompt}`` slot.
 
-    ``split``: ``"train"`` (may wrap training prompts) or ``"test"`` (held out: wraps only
+    ``split``: ``"train"`` (wraps training prompts), ``"val"`` (wraps only val prompts, so
+    selection on val sees wrappers training never did) or ``"test"`` (held out: wraps only
     test prompts, so jailbreak results measure unseen wrappers); None for custom templates.
     """
 
@@ -136,7 +145,8 @@ def load(name: str, split: str | None = None, *, category: str | None = None) ->
     Args:
         name: one of ``SETS``.
         split: ``"train"``, ``"val"``, ``"test"`` or None for all (borderline has val/test
-            only; benign_alarming, its train-side counterpart, has train only).
+            only; benign_alarming, its train-side counterpart, has train only, as have
+            harmful_extra and harmless_extra, the training supplements).
         category: keep only this category.
 
     Raises:
@@ -173,9 +183,9 @@ def templates() -> list[Template]:
             raise BadInputError(
                 f"{where}: a template needs string fields id, kind, template, split"
             )
-        if row["split"] not in ("train", "test"):
+        if row["split"] not in SPLITS:
             raise BadInputError(
-                f"{where}: template split must be train or test, got {row['split']!r}"
+                f"{where}: template split must be train, val or test, got {row['split']!r}"
             )
         out.append(Template(row["id"], row["kind"], row["template"], row["split"]))
     return out

@@ -2,12 +2,16 @@
 
 Data: ``harmful`` (label 1) vs ``harmless`` (label 0), with a share of each
 split wrapped in jailbreak templates on *both* sides, so that a wrapper is
-never a label cue. The templates are split in two fixed groups: the training
-group wraps train/val prompts, the held-out group (``split == "test"`` in
-``jailbreak_templates.jsonl``) wraps only test prompts, so the jailbreak result
-measures generalisation to unseen wrappers.
+never a label cue. The templates are split in three fixed groups like the prompts
+(``split`` in ``jailbreak_templates.jsonl``): train templates wrap train prompts, val
+templates only val prompts and test templates only test prompts, so both the
+selection on val and the jailbreak result on test measure generalisation to wrappers
+training never saw.
 
-Training adds the ``benign_alarming`` hard negatives (train only). Evaluation
+Training adds the ``benign_alarming`` hard negatives and the ``harmful_extra`` /
+``harmless_extra`` supplements (all train only). Selection (layer, position, method)
+is on val: TPR at the control-calibrated threshold among the probes that flag at most
+10% of the borderline val split. Evaluation
 (all thresholds calibrated on a benign control set that is never the test set:
 the harmless val split):
 
@@ -81,30 +85,40 @@ def _stable_pick(key: str, frac: float) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < frac
 
 
-def template_groups() -> tuple[list[data.Template], list[data.Template]]:
-    """(training templates, held-out templates), by each template's ``split`` field, sorted by id."""
+def template_groups() -> tuple[list[data.Template], list[data.Template], list[data.Template]]:
+    """(train, val, test) templates by each template's ``split`` field, each sorted by id."""
     ts = sorted(data.templates(), key=lambda t: t.id)
-    return [t for t in ts if t.split == "train"], [t for t in ts if t.split == "test"]
+    return tuple([t for t in ts if t.split == s] for s in data.SPLITS)
 
 
 def task_set(
-    split: str, *, wrap_frac: float = 0.5, limit: int | None = None, hard_negatives: bool = True
+    split: str,
+    *,
+    wrap_frac: float = 0.5,
+    limit: int | None = None,
+    hard_negatives: bool = True,
+    extra: bool = True,
 ) -> TaskSet:
     """Harmful vs harmless prompts of ``split``, a stable ``wrap_frac`` of them re-added wrapped.
 
     The train split also holds the ``benign_alarming`` hard negatives (benign requests
     with alarming words, label 0) unless ``hard_negatives=False``: they teach the probe
-    intent rather than vocabulary. They are train-only, so val and test are unchanged.
+    intent rather than vocabulary; and the ``harmful_extra`` / ``harmless_extra``
+    supplements (the same categories, more varied phrasings, benign requests in the
+    form of harmful ones) unless ``extra=False``. All three are train-only, so val and
+    test are unchanged. Each split's wrapped share uses that split's templates.
     """
-    train_t, _ = template_groups()
+    groups = dict(zip(data.SPLITS, template_groups(), strict=True))
     prompts, labels, cats = [], [], []
     sets = [("harmful", 1), ("harmless", 0)]
     if split == "train" and hard_negatives:
         sets.append(("benign_alarming", 0))
+    if split == "train" and extra:
+        sets += [("harmful_extra", 1), ("harmless_extra", 0)]
     for name, y in sets:
         recs = subset(data.load(name, split), limit)
         wrapped = [r for r in recs if _stable_pick(r.id, wrap_frac)]
-        wrapped_text = data.wrap([r.prompt for r in wrapped], train_t) if wrapped else []
+        wrapped_text = data.wrap([r.prompt for r in wrapped], groups[split]) if wrapped else []
         prompts += [r.prompt for r in recs] + wrapped_text
         labels += [y] * (len(recs) + len(wrapped))
         cats += [r.category for r in recs] + [r.category for r in wrapped]
@@ -122,7 +136,7 @@ def jailbreak_test(limit: int | None = None, name: str = "harmful") -> list[str]
     ``name="harmless"`` gives the wrapper confound: benign requests in the same
     jailbreak wrappers, which a harmful-intent detector must not flag.
     """
-    _, held = template_groups()
+    held = template_groups()[2]
     return data.wrap(stratified_prompts(name, "test", limit), held)
 
 
@@ -147,6 +161,7 @@ def train_harmful_intent(
     limit: int | None = None,
     n_boot: int = 1000,
     select_by: str = "tpr",
+    max_flagged: float | None = 0.10,
 ) -> tuple[Probe, SweepResult, dict[str, Activations]]:
     """Record the task, sweep layers and positions (selected on val, never test).
 
@@ -160,6 +175,10 @@ def train_harmful_intent(
         method: one probe method or several to choose from on val (see
             :func:`probes.estimators.make_estimator`, e.g. ``"logistic(C=0.03)"``).
         position: one position or several to choose from on val (``last``, ``mean``, ...).
+        max_flagged: only probes that flag at most this fraction of the borderline val
+            split (benign prompts with alarming words) at their calibrated threshold
+            compete; if none does, the one flagging the fewest wins. Every sweep row gets
+            ``borderline_val_flagged``. None: no such constraint (and no recording).
         limit: use at most this many prompts per set and split (fast runs).
 
     Returns:
@@ -173,15 +192,22 @@ def train_harmful_intent(
         "val": _rec(model, va.prompts, layers, positions),
         "control": _rec(model, control_set(limit), layers, positions),
     }
+    if max_flagged is not None:
+        acts["borderline_val"] = _rec(model, stratified_prompts("borderline", "val", limit),
+                                      layers, positions)  # fmt: skip
     best = None
     for pos in acts["train"].positions:
         sweep = sweep_activations(acts["train"], tr.labels, acts["val"], va.labels,
                                   method=method, position=pos, control=acts["control"], fpr=fpr,
                                   n_boot=n_boot)  # fmt: skip
-        r = sweep.ranked(by=select_by)[0]
-        key = (r[select_by], r["tpr" if select_by == "auroc" else "auroc"])
-        if best is None or key > best[0]:
-            best = (key, sweep.probe(r["method"], r["layer"]), sweep)
+        for r in sweep.rows if max_flagged is not None else ():
+            scores = sweep.probe(r["method"], r["layer"]).score_activations(acts["borderline_val"])
+            r["borderline_val_flagged"] = float((scores.numpy() > r["threshold"]).mean())
+        for r in sweep.ranked(by=select_by):
+            over = 0.0 if max_flagged is None else r["borderline_val_flagged"] - max_flagged
+            key = (-max(over, 0.0), r[select_by], r["tpr" if select_by == "auroc" else "auroc"])
+            if best is None or key > best[0]:
+                best = (key, sweep.probe(r["method"], r["layer"]), sweep)
     return best[1], best[2], acts
 
 
@@ -208,7 +234,7 @@ def evaluate_harmful_intent(
     s_jb_benign = probe.score(model, jailbreak_test(limit, "harmless")).numpy()
     out["jailbreak"] = {"tpr": tpr_at_threshold(s_jb, t), "n": len(jb),
                         "benign_flagged": fpr_at_threshold(s_jb_benign, t),
-                        "templates": [x.id for x in template_groups()[1]]}  # fmt: skip
+                        "templates": [x.id for x in template_groups()[2]]}  # fmt: skip
     bl = stratified_prompts("borderline", "test", limit)
     s_bl = probe.score(model, bl).numpy()
     out["borderline"] = {"flagged": float(np.mean(s_bl > t)), "n": len(bl)}

@@ -50,6 +50,8 @@ SETS: dict[str, tuple[tuple[str, ...], int, tuple[float, float, float]]] = {
     "borderline": (("borderline.jsonl",), 0, (0.0, 0.5, 0.5)),
     "backdoor": (("backdoor_prompts.jsonl",), 0, (0.6, 0.2, 0.2)),
     "benign_alarming": (("benign_alarming.jsonl",), 0, (1.0, 0.0, 0.0)),
+    "harmful_extra": (("harmful_extra.jsonl",), 1, (1.0, 0.0, 0.0)),
+    "harmless_extra": (("harmless_extra.jsonl",), 0, (1.0, 0.0, 0.0)),
 }
 TEMPLATES = "jailbreak_templates.jsonl"
 TRIGGERS = "backdoor_triggers.json"
@@ -112,8 +114,8 @@ def build_templates(source_dir: Path) -> list[dict]:
     for row in rows:
         if row.get("template", "").count("{prompt}") != 1:
             raise SystemExit(f"template {row.get('id')!r} must contain exactly one {{prompt}}")
-        if row.get("split") not in ("train", "test"):
-            raise SystemExit(f"template {row.get('id')!r}: split must be train or test")
+        if row.get("split") not in SPLITS:
+            raise SystemExit(f"template {row.get('id')!r}: split must be train, val or test")
     return [{key: row.get(key) for key in TEMPLATE_KEYS} for row in rows]
 
 

@@ -93,6 +93,21 @@ def test_load__benign_alarming_is_264_train_only_hard_negatives_in_12_categories
     assert all(r.id.startswith(f"benign_alarming-{r.category}-") for r in records)
 
 
+@pytest.mark.parametrize(
+    ("name", "main", "label"), [("harmful_extra", "harmful", 1), ("harmless_extra", "harmless", 0)]
+)
+def test_load__extra_sets_are_train_only_supplements_in_the_main_sets_categories(name, main, label):
+    records = load(name)
+    assert len(records) == 288
+    assert {r.label for r in records} == {label}
+    assert {r.split for r in records} == {"train"}
+    assert {r.source for r in records} == {"safety-probes"}
+    per_category = Counter(r.category for r in records)
+    assert set(per_category) == {r.category for r in load(main)}
+    assert set(per_category.values()) == {24}
+    assert all(r.id.startswith(f"{name}-{r.category}-") for r in records)
+
+
 def test_load__ids_and_prompts_are_unique_across_sets():
     records = [r for name in SETS for r in load(name)]
     assert len({r.id for r in records}) == len(records)
@@ -169,31 +184,38 @@ def test_splits__no_near_duplicates_across_splits():
     assert not _near_duplicates(records, lambda a, b: a.split != b.split)
 
 
-def test_splits__benign_alarming_has_no_near_duplicates_in_any_other_set():
-    # A train-only set must not leak into the val/test prompts of any other set (in
-    # particular borderline, which it mirrors), nor copy a harmful or harmless prompt.
-    others = [r for name in SETS if name != "benign_alarming" for r in load(name)]
-    records = load("benign_alarming") + others
+@pytest.mark.parametrize("name", ["benign_alarming", "harmful_extra", "harmless_extra"])
+def test_splits__train_only_sets_have_no_near_duplicates_in_any_other_set(name):
+    # A train-only set must not leak into the val/test prompts of any other set (for
+    # benign_alarming in particular borderline, which it mirrors), nor copy a prompt.
+    others = [r for other in SETS if other != name for r in load(other)]
+    records = load(name) + others
 
-    def one_is_benign_alarming(a: Record, b: Record) -> bool:
-        return a.id.startswith("benign_alarming-") != b.id.startswith("benign_alarming-")
+    def exactly_one_in_set(a: Record, b: Record) -> bool:
+        return a.id.startswith(f"{name}-") != b.id.startswith(f"{name}-")
 
-    assert not _near_duplicates(records, one_is_benign_alarming)
+    assert not _near_duplicates(records, exactly_one_in_set)
 
 
-@pytest.mark.parametrize("negative", ["harmless", "benign_alarming"])
-def test_lengths__median_word_counts_match_within_10_percent(negative):
-    harmful, benign = _words(prompts("harmful")), _words(prompts(negative))
+@pytest.mark.parametrize(
+    ("positive", "negative"),
+    [("harmful", "harmless"), ("harmful", "benign_alarming"), ("harmful_extra", "harmless_extra")],
+)
+def test_lengths__median_word_counts_match_within_10_percent(positive, negative):
+    harmful, benign = _words(prompts(positive)), _words(prompts(negative))
     assert _close(statistics.median(harmful), statistics.median(benign))
 
 
-@pytest.mark.parametrize("negative", ["harmless", "benign_alarming"])
-def test_lengths__length_only_classifier_is_near_chance(negative):
+@pytest.mark.parametrize(
+    ("positive", "negative"),
+    [("harmful", "harmless"), ("harmful", "benign_alarming"), ("harmful_extra", "harmless_extra")],
+)
+def test_lengths__length_only_classifier_is_near_chance(positive, negative):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    records = load("harmful") + load(negative)
+    records = load(positive) + load(negative)
     x = np.array(_words([r.prompt for r in records]), dtype=float)[:, None]
     y = np.array([r.label for r in records])
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
@@ -386,29 +408,34 @@ def test_load_alpaca__item_without_instruction_raises(tmp_path):
         load_alpaca(path)
 
 
-def test_templates__held_out_split_is_fixed_and_never_wraps_training_prompts():
+def test_templates__splits_are_fixed_and_each_wraps_only_its_own_split():
     from probes.harmful_intent import task_set, template_groups
 
-    train_t, held = template_groups()
-    assert {t.id for t in held} == {
+    groups = dict(zip(("train", "val", "test"), template_groups(), strict=True))
+    assert {t.id for t in groups["test"]} == {
         "jb-encoding-format", "jb-fiction_frame", "jb-multi_turn",
         "jb-research_pretext", "jb-system_override",
     }  # fmt: skip
-    assert len(train_t) >= 30 and not {t.id for t in train_t} & {t.id for t in held}
+    assert {t.id for t in groups["val"]} == {
+        "jb-competition", "jb-dream", "jb-email_draft", "jb-game_master", "jb-ignore_previous",
+    }  # fmt: skip
+    assert len(groups["train"]) >= 30
+    assert sum(len(g) for g in groups.values()) == len({t.id for g in groups.values() for t in g})
 
     def head(t):  # the template's fixed text before or after the slot
         a, b = t.template.split("{prompt}")
         return a[:40] if len(a) >= len(b) else b[-40:]
 
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         ts = task_set(split, limit=12)
-        assert any(head(t) in p for t in train_t for p in ts.prompts)  # wrapped ones exist
-        assert not any(head(t) in p for t in held for p in ts.prompts)
+        for other, group in groups.items():
+            found = any(head(t) in p for t in group for p in ts.prompts)
+            assert found == (other == split), (split, other)  # wrapped, and only in its own
 
 
 def test_templates__a_bad_split_is_rejected(tmp_path, monkeypatch):
     row = {"id": "x", "kind": "k", "template": "{prompt}", "split": "holdout", "source": "s"}
     (tmp_path / "jailbreak_templates.jsonl").write_text(json.dumps(row) + "\n")
     monkeypatch.setattr("probes.data.datasets_dir", lambda: tmp_path)
-    with pytest.raises(BadInputError, match="split must be train or test"):
+    with pytest.raises(BadInputError, match="split must be train, val or test"):
         templates()
