@@ -53,8 +53,7 @@ class Record:
 class Template:
     """A jailbreak wrapper with exactly one ``{prompt}`` slot.
 
-    ``split``: ``"train"`` (wraps training prompts), ``"val"`` (wraps only val prompts, so
-    selection on val sees wrappers training never did) or ``"test"`` (held out: wraps only
+    ``split``: ``"train"`` (may wrap training prompts) or ``"test"`` (held out: wraps only
     test prompts, so jailbreak results measure unseen wrappers); None for custom templates.
     """
 
@@ -183,9 +182,9 @@ def templates() -> list[Template]:
             raise BadInputError(
                 f"{where}: a template needs string fields id, kind, template, split"
             )
-        if row["split"] not in SPLITS:
+        if row["split"] not in ("train", "test"):
             raise BadInputError(
-                f"{where}: template split must be train, val or test, got {row['split']!r}"
+                f"{where}: template split must be train or test, got {row['split']!r}"
             )
         out.append(Template(row["id"], row["kind"], row["template"], row["split"]))
     return out

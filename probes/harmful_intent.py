@@ -2,16 +2,16 @@
 
 Data: ``harmful`` (label 1) vs ``harmless`` (label 0), with a share of each
 split wrapped in jailbreak templates on *both* sides, so that a wrapper is
-never a label cue. The templates are split in three fixed groups like the prompts
-(``split`` in ``jailbreak_templates.jsonl``): train templates wrap train prompts, val
-templates only val prompts and test templates only test prompts, so both the
-selection on val and the jailbreak result on test measure generalisation to wrappers
-training never saw.
+never a label cue. The templates are split in two fixed groups: the training
+group wraps train/val prompts, the held-out group (``split == "test"`` in
+``jailbreak_templates.jsonl``) wraps only test prompts, so the jailbreak result
+measures generalisation to unseen wrappers.
 
-Training adds the ``benign_alarming`` hard negatives and the ``harmful_extra`` /
-``harmless_extra`` supplements (all train only). Selection (layer, position, method)
-is on val: TPR at the control-calibrated threshold among the probes that flag at most
-10% of the borderline val split. Evaluation
+Training adds the ``benign_alarming`` hard negatives (train only), and on request
+(``extra=True``) the ``harmful_extra`` / ``harmless_extra`` supplements. Selection
+(layer, position, method) is on val: TPR at the control-calibrated threshold, then
+AUROC, optionally only among probes that flag at most ``max_flagged`` of the borderline
+val split. Evaluation
 (all thresholds calibrated on a benign control set that is never the test set:
 the harmless val split):
 
@@ -85,10 +85,10 @@ def _stable_pick(key: str, frac: float) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < frac
 
 
-def template_groups() -> tuple[list[data.Template], list[data.Template], list[data.Template]]:
-    """(train, val, test) templates by each template's ``split`` field, each sorted by id."""
+def template_groups() -> tuple[list[data.Template], list[data.Template]]:
+    """(training templates, held-out templates), by each template's ``split`` field, sorted by id."""
     ts = sorted(data.templates(), key=lambda t: t.id)
-    return tuple([t for t in ts if t.split == s] for s in data.SPLITS)
+    return [t for t in ts if t.split == "train"], [t for t in ts if t.split == "test"]
 
 
 def task_set(
@@ -97,18 +97,18 @@ def task_set(
     wrap_frac: float = 0.5,
     limit: int | None = None,
     hard_negatives: bool = True,
-    extra: bool = True,
+    extra: bool = False,
 ) -> TaskSet:
     """Harmful vs harmless prompts of ``split``, a stable ``wrap_frac`` of them re-added wrapped.
 
     The train split also holds the ``benign_alarming`` hard negatives (benign requests
     with alarming words, label 0) unless ``hard_negatives=False``: they teach the probe
-    intent rather than vocabulary; and the ``harmful_extra`` / ``harmless_extra``
-    supplements (the same categories, more varied phrasings, benign requests in the
-    form of harmful ones) unless ``extra=False``. All three are train-only, so val and
-    test are unchanged. Each split's wrapped share uses that split's templates.
+    intent rather than vocabulary; with ``extra=True`` also the ``harmful_extra`` /
+    ``harmless_extra`` supplements (the same categories, more varied phrasings, benign
+    requests in the form of harmful ones). All three are train-only, so val and
+    test are unchanged.
     """
-    groups = dict(zip(data.SPLITS, template_groups(), strict=True))
+    train_t, _ = template_groups()
     prompts, labels, cats = [], [], []
     sets = [("harmful", 1), ("harmless", 0)]
     if split == "train" and hard_negatives:
@@ -118,7 +118,7 @@ def task_set(
     for name, y in sets:
         recs = subset(data.load(name, split), limit)
         wrapped = [r for r in recs if _stable_pick(r.id, wrap_frac)]
-        wrapped_text = data.wrap([r.prompt for r in wrapped], groups[split]) if wrapped else []
+        wrapped_text = data.wrap([r.prompt for r in wrapped], train_t) if wrapped else []
         prompts += [r.prompt for r in recs] + wrapped_text
         labels += [y] * (len(recs) + len(wrapped))
         cats += [r.category for r in recs] + [r.category for r in wrapped]
@@ -136,7 +136,7 @@ def jailbreak_test(limit: int | None = None, name: str = "harmful") -> list[str]
     ``name="harmless"`` gives the wrapper confound: benign requests in the same
     jailbreak wrappers, which a harmful-intent detector must not flag.
     """
-    held = template_groups()[2]
+    _, held = template_groups()
     return data.wrap(stratified_prompts(name, "test", limit), held)
 
 
@@ -161,7 +161,8 @@ def train_harmful_intent(
     limit: int | None = None,
     n_boot: int = 1000,
     select_by: str = "tpr",
-    max_flagged: float | None = 0.10,
+    max_flagged: float | None = None,
+    extra: bool = False,
 ) -> tuple[Probe, SweepResult, dict[str, Activations]]:
     """Record the task, sweep layers and positions (selected on val, never test).
 
@@ -179,6 +180,8 @@ def train_harmful_intent(
             split (benign prompts with alarming words) at their calibrated threshold
             compete; if none does, the one flagging the fewest wins. Every sweep row gets
             ``borderline_val_flagged``. None: no such constraint (and no recording).
+        extra: train on the ``harmful_extra`` / ``harmless_extra`` supplements too (pass
+            the same to :func:`evaluate_harmful_intent`).
         limit: use at most this many prompts per set and split (fast runs).
 
     Returns:
@@ -186,7 +189,7 @@ def train_harmful_intent(
     """
     layers = "all" if layer == "auto" else parse_layers(layer, model.n_layers)
     positions = [position] if isinstance(position, str) else list(position)
-    tr, va = task_set("train", limit=limit), task_set("val", limit=limit)
+    tr, va = task_set("train", limit=limit, extra=extra), task_set("val", limit=limit)
     acts = {
         "train": _rec(model, tr.prompts, layers, positions),
         "val": _rec(model, va.prompts, layers, positions),
@@ -219,8 +222,14 @@ def evaluate_harmful_intent(
     limit: int | None = None,
     fpr: float = 0.01,
     n_boot: int = 1000,
+    extra: bool = False,
 ) -> dict:
-    """Honest evaluation of a harmful-intent probe (see the module docstring)."""
+    """Honest evaluation of a harmful-intent probe (see the module docstring).
+
+    ``train_acts`` (for the baselines and leave-one-category-out) must be the activations
+    of ``task_set("train", limit=limit, extra=extra)``, as :func:`train_harmful_intent`
+    returns them.
+    """
     layer, pos = probe.layer, probe.position
     te = task_set("test", wrap_frac=0.0, limit=limit)
     control = probe.score_activations(_rec(model, control_set(limit), [layer], pos)).numpy()
@@ -234,12 +243,12 @@ def evaluate_harmful_intent(
     s_jb_benign = probe.score(model, jailbreak_test(limit, "harmless")).numpy()
     out["jailbreak"] = {"tpr": tpr_at_threshold(s_jb, t), "n": len(jb),
                         "benign_flagged": fpr_at_threshold(s_jb_benign, t),
-                        "templates": [x.id for x in template_groups()[2]]}  # fmt: skip
+                        "templates": [x.id for x in template_groups()[1]]}  # fmt: skip
     bl = stratified_prompts("borderline", "test", limit)
     s_bl = probe.score(model, bl).numpy()
     out["borderline"] = {"flagged": float(np.mean(s_bl > t)), "n": len(bl)}
     if train_acts is not None:
-        tr = task_set("train", limit=limit)
+        tr = task_set("train", limit=limit, extra=extra)
         Xtr = train_acts.layer("resid_post", layer, pos).numpy()
         Xte = test_acts.layer("resid_post", layer, pos).numpy()
         out["baselines"] = confound_baselines(

@@ -255,8 +255,7 @@ def run_demo(
     cfg = dict(FAST if fast else FULL, fast=fast, model=model)
     ctx = Context(out, cfg)
     data_hash = {n: sha256_file(data.datasets_dir() / f"{n}.jsonl")
-                 for n in ("harmful", "harmless", "borderline", "benign_alarming", "harmful_extra",
-                           "harmless_extra",
+                 for n in ("harmful", "harmless", "borderline", "benign_alarming",
                            "jailbreak_templates")}  # fmt: skip
 
     def key(stage: str, **after) -> dict:

@@ -114,8 +114,8 @@ def build_templates(source_dir: Path) -> list[dict]:
     for row in rows:
         if row.get("template", "").count("{prompt}") != 1:
             raise SystemExit(f"template {row.get('id')!r} must contain exactly one {{prompt}}")
-        if row.get("split") not in SPLITS:
-            raise SystemExit(f"template {row.get('id')!r}: split must be train, val or test")
+        if row.get("split") not in ("train", "test"):
+            raise SystemExit(f"template {row.get('id')!r}: split must be train or test")
     return [{key: row.get(key) for key in TEMPLATE_KEYS} for row in rows]
 
 

@@ -408,34 +408,29 @@ def test_load_alpaca__item_without_instruction_raises(tmp_path):
         load_alpaca(path)
 
 
-def test_templates__splits_are_fixed_and_each_wraps_only_its_own_split():
+def test_templates__held_out_split_is_fixed_and_never_wraps_training_prompts():
     from probes.harmful_intent import task_set, template_groups
 
-    groups = dict(zip(("train", "val", "test"), template_groups(), strict=True))
-    assert {t.id for t in groups["test"]} == {
+    train_t, held = template_groups()
+    assert {t.id for t in held} == {
         "jb-encoding-format", "jb-fiction_frame", "jb-multi_turn",
         "jb-research_pretext", "jb-system_override",
     }  # fmt: skip
-    assert {t.id for t in groups["val"]} == {
-        "jb-competition", "jb-dream", "jb-email_draft", "jb-game_master", "jb-ignore_previous",
-    }  # fmt: skip
-    assert len(groups["train"]) >= 30
-    assert sum(len(g) for g in groups.values()) == len({t.id for g in groups.values() for t in g})
+    assert len(train_t) >= 30 and not {t.id for t in train_t} & {t.id for t in held}
 
     def head(t):  # the template's fixed text before or after the slot
         a, b = t.template.split("{prompt}")
         return a[:40] if len(a) >= len(b) else b[-40:]
 
-    for split in ("train", "val", "test"):
+    for split in ("train", "val"):
         ts = task_set(split, limit=12)
-        for other, group in groups.items():
-            found = any(head(t) in p for t in group for p in ts.prompts)
-            assert found == (other == split), (split, other)  # wrapped, and only in its own
+        assert any(head(t) in p for t in train_t for p in ts.prompts)  # wrapped ones exist
+        assert not any(head(t) in p for t in held for p in ts.prompts)
 
 
 def test_templates__a_bad_split_is_rejected(tmp_path, monkeypatch):
     row = {"id": "x", "kind": "k", "template": "{prompt}", "split": "holdout", "source": "s"}
     (tmp_path / "jailbreak_templates.jsonl").write_text(json.dumps(row) + "\n")
     monkeypatch.setattr("probes.data.datasets_dir", lambda: tmp_path)
-    with pytest.raises(BadInputError, match="split must be train, val or test"):
+    with pytest.raises(BadInputError, match="split must be train or test"):
         templates()

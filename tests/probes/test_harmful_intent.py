@@ -8,16 +8,16 @@ from probes import data
 from probes.harmful_intent import task_set, train_harmful_intent
 
 
-def test_task_set__train_holds_the_extra_supplements_unless_turned_off():
+def test_task_set__train_holds_the_extra_supplements_only_on_request():
     extra = set(data.prompts("harmful_extra")) | set(data.prompts("harmless_extra"))
-    with_extra = task_set("train", limit=4, wrap_frac=0.0)
-    without = task_set("train", limit=4, wrap_frac=0.0, extra=False)
+    with_extra = task_set("train", limit=4, wrap_frac=0.0, extra=True)
+    without = task_set("train", limit=4, wrap_frac=0.0)
     assert len(extra & set(with_extra.prompts)) == 8  # 4 per supplement, stratified
     assert not extra & set(without.prompts)
     labels = dict(zip(with_extra.prompts, with_extra.labels, strict=True))
     assert all(labels[p] == 1 for p in data.prompts("harmful_extra") if p in labels)
     assert all(labels[p] == 0 for p in data.prompts("harmless_extra") if p in labels)
-    assert not extra & set(task_set("val", limit=4).prompts)  # supplements are train-only
+    assert not extra & set(task_set("val", limit=4, extra=True).prompts)  # train-only
 
 
 @pytest.mark.parametrize("max_flagged", [0.0, 0.5, 1.0])
@@ -37,10 +37,20 @@ def test_train__selection_prefers_probes_under_the_borderline_val_bound(tiny, ma
 
 
 def test_train__without_the_bound_nothing_extra_is_recorded(tiny):
-    probe, sweep, acts = train_harmful_intent(tiny, method="mean-diff", limit=4, n_boot=10,
-                                              max_flagged=None)  # fmt: skip
+    probe, sweep, acts = train_harmful_intent(tiny, method="mean-diff", limit=4, n_boot=10)
     assert "borderline_val" not in acts
     assert all("borderline_val_flagged" not in r for r in sweep.rows)
     top = sweep.ranked(by="tpr")[0]  # the returned sweep is the chosen probe's position's
     assert (probe.method, probe.layer, probe.position) == (top["method"], top["layer"],
                                                            sweep.position)  # fmt: skip
+
+
+def test_evaluate__extra_training_set_matches_between_train_and_evaluate(tiny):
+    from probes.harmful_intent import evaluate_harmful_intent
+
+    probe, _, acts = train_harmful_intent(tiny, method="mean-diff", limit=3, n_boot=10,
+                                          position="last", extra=True)  # fmt: skip
+    assert len(acts["train"].prompts) == len(task_set("train", limit=3, extra=True).prompts)
+    report = evaluate_harmful_intent(tiny, probe, train_acts=acts["train"], limit=3,
+                                     n_boot=10, extra=True)  # fmt: skip
+    assert "leave_one_category_out" in report and "baselines" in report
