@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probes.allocator import release_free_memory
 from probes.errors import BadInputError
 
 
@@ -93,6 +94,7 @@ def run_stage(ctx: Context, name: str, fn: Callable[[Context], dict], deps: dict
     ctx.log(f"{name}: running")
     t0 = time.perf_counter()
     result = fn(ctx)
+    release_free_memory()  # what the stage freed goes back to the OS (probes.allocator)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(path, json.dumps({"key": key, "result": result}, indent=1, default=str))
     ctx.results[name] = result
