@@ -1,8 +1,8 @@
 """Prompt data: the sets shipped in ``datasets/``, user prompt files and public benchmarks.
 
 The shipped sets (``harmful``, ``harmless``, ``borderline``, ``backdoor``,
-``benign_alarming``, ``harmful_extra``, ``harmless_extra``) are JSONL files with the keys ``id, prompt, label, category, split,
-source``; ``datasets/README.md`` is their dataset card. Public benchmarks are never
+``benign_alarming``, ``harmful_extra``, ``harmless_extra``) are JSONL files with the
+keys ``id, prompt, label, category, split, source``; ``datasets/README.md`` is their dataset card. Public benchmarks are never
 downloaded here: the user fetches the file and passes its local path to a loader, which
 reads it in its own format.
 
