@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from probes import zoo
+from probes import fastpath, zoo
 from probes.errors import BadInputError, OfflineError
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -188,6 +188,7 @@ def load_model(
     device: str | None = "auto",
     dtype: str | torch.dtype | None = "auto",
     device_map: str | dict | None = None,
+    fast_path: bool = True,
 ) -> LoadedModel:
     """Load a model with hook points.
 
@@ -199,6 +200,8 @@ def load_model(
             models larger than one GPU, passed to ``TransformerBridge.boot_transformers``;
             exclusive with an explicit ``device``. ``LoadedModel.device`` is then the
             device of the input embeddings (where inputs go).
+        fast_path: run norms and attention on the HF kernels whenever no hook reads
+            their internals (:mod:`probes.fastpath`); False keeps every bridge forward.
 
     Returns:
         A :class:`LoadedModel` in eval mode.
@@ -224,6 +227,8 @@ def load_model(
     for p in bridge.original_model.parameters():
         p.requires_grad_(False)
     contiguous_unembedding(bridge.original_model)
+    if fast_path:
+        fastpath.install(bridge)
     return LoadedModel(bridge, tokenizer, name, folder_digest(path), path, device, dtype)
 
 

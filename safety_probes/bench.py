@@ -4,9 +4,10 @@
 :func:`run_bench` dispatches all three.
 
 ``record``: tokens/s of :func:`probes.record` (last position, all layers,
-resid_post) side by side with a bare HF forward of the base model on the same
-batches (no hidden states, no logits) and TransformerLens ``run_with_cache``
-(with a ``names_filter``, and at its defaults), plus achieved GFLOP/s from the
+resid_post) side by side with a bare forward of the stock HF base model loaded from
+the same folder (no bridge, no hidden states, no logits) on the same batches, and
+TransformerLens ``run_with_cache`` on a bridge as TransformerLens ships it (no
+:mod:`probes.fastpath`; with a ``names_filter``, and at its defaults), plus achieved GFLOP/s from the
 cost model (2 x block parameters x real tokens), the fraction of this
 machine's measured matmul peak in the same dtype, the padding fraction and
 peak RSS.
@@ -50,13 +51,17 @@ def matmul_peak_gflops(
     return best
 
 
-def _timed(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def _timed(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Best wall time of each function over ``repeats`` rounds, the functions alternating
+    within each round (so a slow spell of the machine hits all of them alike)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -78,8 +83,12 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     padded = sum(b.input_ids.numel() for b in batches)
     block_params = sum(p.numel() for p in model.hf_model.model.layers.parameters())
     flops = 2 * block_params * real
-    base = model.hf_model.model
-    bridge = model.bridge
+    from transformers import AutoModelForCausalLM
+
+    # The baseline is the stock HF model from the same folder: no bridge components,
+    # HF's default attention (the bridge-wrapped decoder is not a bare forward).
+    stock = AutoModelForCausalLM.from_pretrained(model.path, dtype=model.dtype)
+    base = stock.to(model.device).eval().model
     names = {f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)}
 
     def ours() -> None:
@@ -91,7 +100,7 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
                 base(input_ids=b.input_ids, attention_mask=b.attention_mask,
                      position_ids=position_ids(b.attention_mask), use_cache=False)  # fmt: skip
 
-    def rwc(filtered: bool) -> Callable[[], None]:
+    def rwc(bridge, filtered: bool) -> Callable[[], None]:
         def run() -> None:
             with torch.inference_mode():
                 for b in batches:
@@ -100,13 +109,15 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
 
         return run
 
-    times = {
-        "record": _timed(ours, repeats),
-        "hf_forward": _timed(hf, repeats),
-        "run_with_cache_filtered": _timed(rwc(True), 1),
-        "run_with_cache_default": _timed(rwc(False), 1),
-    }
-    peak = matmul_peak_gflops(model.dtype)
+    times = _timed({"record": ours, "hf_forward": hf}, repeats)
+    stock = base = None  # free the baseline before loading the next model
+    # TransformerLens as shipped: a bridge without probes.fastpath.
+    tl = load_model(model_name, fast_path=False).bridge
+    times |= _timed({"run_with_cache_filtered": rwc(tl, True),
+                     "run_with_cache_default": rwc(tl, False)}, 1)  # fmt: skip
+    del tl
+    by_size = {n: matmul_peak_gflops(model.dtype, sizes=(n,)) for n in (1024, 2048)}
+    peak = max(by_size.values())
     out = {
         "model": model_name,
         "dtype": str(model.dtype).removeprefix("torch."),
@@ -118,6 +129,7 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "padding_fraction_harmful_harmless": round(full_pad, 4),
         "n_prompts_harmful_harmless": len(pool),
         "matmul_peak_gflops": round(peak, 1),
+        "matmul_gflops_by_size": {str(n): round(g, 1) for n, g in by_size.items()},
         "tokens_per_s": {k: round(real / t, 1) for k, t in times.items()},
         "gflops": {k: round(flops / t / 1e9, 1) for k, t in times.items()},
     }

@@ -261,7 +261,8 @@ def run_demo(
     def key(stage: str, **after) -> dict:
         """What a stage's cached result depends on: its own settings, data, upstream results."""
         own = {k: cfg[k] for k in STAGE_SETTINGS[stage]}
-        return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 2, **after}
+        # version: bumped when the library's numerics change (3: probes.fastpath)
+        return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 3, **after}
 
     def probe_hash(tag: str) -> str:  # the trained probe itself, not just its layer
         return sha256_file(ctx.out / "probes" / f"harmful-intent{tag}.safetensors")
@@ -341,7 +342,7 @@ def run_refusal(out: str | Path, *, model: str = DEFAULT_MODEL, fast: bool = Fal
     out = check_out_dir(Path(out))
     cfg = dict(FAST if fast else FULL, fast=fast, model=model)
     ctx = Context(out, cfg)
-    base = {"cfg": cfg, "version": 1}
+    base = {"cfg": cfg, "version": 2}  # 2: probes.fastpath
     run_stage(ctx, "refusal", stage_refusal, base)
     run_stage(ctx, "steering", stage_steering, base | {"after": ctx.results["refusal"]})
     metrics = {"model": model, "stages": ctx.results}

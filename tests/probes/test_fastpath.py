@@ -1,0 +1,116 @@
+"""The bridge fast path: HF numerics, hook semantics kept, fallback when internals are hooked."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from probes import fastpath, load_model, record
+from probes.generation import greedy
+from probes.prompts import encode, make_batch, position_ids
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def pair(request, tiny_dir, tiny_llama_dir):
+    """(fast-path model, the same model without it, stock HF model), all fp32."""
+    folder = tiny_dir if request.param == "qwen2" else tiny_llama_dir
+    fast = load_model(folder, device="cpu", dtype="float32")
+    slow = load_model(folder, device="cpu", dtype="float32", fast_path=False)
+    # The bridge configures its HF model for eager attention; the fast path runs HF's
+    # eager computation, so the reference is the stock model with the same setting.
+    stock = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    return fast, slow, stock
+
+
+def _hidden(model_or_hf, batch) -> torch.Tensor:
+    base = getattr(model_or_hf, "hf_model", model_or_hf).model
+    with torch.inference_mode():
+        out = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=position_ids(batch.attention_mask), use_cache=False)  # fmt: skip
+    return out.last_hidden_state
+
+
+def _batch(model, prompts):
+    enc = encode(model.tokenizer, prompts)
+    return make_batch(enc, range(len(enc)), model.tokenizer.pad_token_id)
+
+
+def test_install__every_norm_and_attention_and_idempotent(pair):
+    fast, slow, _ = pair
+    n_layers = fast.n_layers
+    assert fastpath.install(fast.bridge) == 0  # load_model installed them already
+    marked = [m for m in fast.bridge.modules() if m.__dict__.get(fastpath._MARK)]
+    assert len(marked) == 3 * n_layers + 1  # two norms and attention per block, final norm
+    assert not any(m.__dict__.get(fastpath._MARK) for m in slow.bridge.modules())
+
+
+def test_fast_path__equals_stock_hf_and_bridge_left_padded(pair, prompts):
+    fast, slow, stock = pair
+    batch = _batch(fast, prompts)
+    real = batch.attention_mask.bool()
+    h_fast, h_slow, h_stock = (_hidden(m, batch)[real] for m in (fast, slow, stock))
+    torch.testing.assert_close(h_fast, h_stock, atol=0, rtol=0)  # HF's own numerics
+    torch.testing.assert_close(h_fast, h_slow, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_path__record_all_sites_match_bridge(pair, prompts):
+    fast, slow, _ = pair
+    sites = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+    a = record(fast, prompts, sites=sites, layers="all", positions=["last", "mean"], progress=False)
+    b = record(slow, prompts, sites=sites, layers="all", positions=["last", "mean"], progress=False)
+    for site in sites:
+        for pos in ("last", "mean"):
+            torch.testing.assert_close(a[site, pos], b[site, pos], atol=1e-4, rtol=1e-4)
+    assert fast.n_active_hooks() == 0
+
+
+def test_fast_path__internal_hook_takes_the_bridge_path(pair, prompts):
+    fast, slow, _ = pair
+    batch = _batch(fast, prompts)
+    seen = []
+
+    def pattern(x, hook):
+        seen.append(tuple(x.shape))
+
+    for m in (fast, slow):
+        for i in range(m.n_layers):
+            m.bridge.hook_dict[f"blocks.{i}.attn.hook_pattern"].add_hook(pattern)
+    try:
+        h_fast, h_slow = _hidden(fast, batch), _hidden(slow, batch)
+    finally:
+        fast.bridge.reset_hooks()
+        slow.bridge.reset_hooks()
+    assert len(seen) == 2 * fast.n_layers  # the hook fired on every layer of both
+    torch.testing.assert_close(h_fast, h_slow, atol=0, rtol=0)  # same code path
+
+
+def test_fast_path__kv_cache_generation_matches_bridge(pair, prompts):
+    fast, slow, _ = pair
+    a = greedy(fast.hf_model, fast.tokenizer, prompts, max_new_tokens=6)
+    b = greedy(slow.hf_model, slow.tokenizer, prompts, max_new_tokens=6)
+    assert a == b
+
+
+def test_uninstall__restores_the_bridge_forward(tiny_dir, prompts):
+    m = load_model(tiny_dir, device="cpu", dtype="float32")
+    n = fastpath.uninstall(m.bridge)
+    assert n == 3 * m.n_layers + 1
+    assert not any("forward" in mod.__dict__ for mod in m.bridge.modules())
+    assert fastpath.install(m.bridge) == n
+
+
+def test_fast_path__is_taken_when_nothing_is_hooked(pair, prompts, monkeypatch):
+    fast, slow, _ = pair
+    calls = []
+    eager = fastpath._eager_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return eager(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "_eager_attention", counting)
+    _hidden(slow, _batch(slow, prompts))
+    assert calls == []
+    _hidden(fast, _batch(fast, prompts))
+    assert len(calls) == fast.n_layers
