@@ -114,7 +114,7 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     # TransformerLens as shipped: a bridge without probes.fastpath.
     tl = load_model(model_name, fast_path=False).bridge
     times |= _timed({"run_with_cache_filtered": rwc(tl, True),
-                     "run_with_cache_default": rwc(tl, False)}, 1)  # fmt: skip
+                     "run_with_cache_default": rwc(tl, False)}, repeats)  # fmt: skip
     del tl
     by_size = {n: matmul_peak_gflops(model.dtype, sizes=(n,)) for n in (1024, 2048)}
     peak = max(by_size.values())
