@@ -57,7 +57,11 @@ def _hook_points(module: torch.nn.Module, skip: tuple[Any, ...]) -> list[Any]:
 
 
 def _hooked(points: list[Any]) -> bool:
-    return any(p.fwd_hooks or p.bwd_hooks for p in points)
+    """True if any point has a hook, added through TransformerLens or torch directly."""
+    return any(
+        p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p.fwd_hooks or p.bwd_hooks
+        for p in points
+    )
 
 
 def _norm_forward(bridge: torch.nn.Module, internal: list[Any]) -> Callable:

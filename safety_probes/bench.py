@@ -15,8 +15,11 @@ peak RSS.
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -65,17 +68,75 @@ def _timed(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]
     return best
 
 
-def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dict:
-    """Record throughput vs a bare HF forward and ``run_with_cache``, one run, same prompts.
+RECORD_PATHS = ("record", "hf_forward", "run_with_cache_filtered", "run_with_cache_default")
 
-    ``model_name`` is anything :func:`probes.load_model` accepts (zoo name, folder, hub id).
-    """
-    keep_freed_memory()  # as the CLI does; every path below runs under the same allocator
-    model = load_model(model_name)
+
+def _batches(model, n_prompts: int):
     pool = data.prompts("harmful") + data.prompts("harmless")
     prompts = (pool * (n_prompts // len(pool) + 1))[:n_prompts]
     enc = encode(model.tokenizer, prompts)
-    batches = list(bucketed(enc, range(len(enc)), model.tokenizer.pad_token_id, 4096, 64))
+    pad = model.tokenizer.pad_token_id
+    return pool, prompts, list(bucketed(enc, range(len(enc)), pad, 4096, 64))
+
+
+def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
+    """Best wall time of one path of the record benchmark (one warm-up first), this process.
+
+    ``hf_forward`` is the stock HF base model from the same folder (no bridge, HF's
+    default attention, no hidden states, no logits); ``run_with_cache_*`` run on a
+    bridge as TransformerLens ships it (no :mod:`probes.fastpath`).
+    """
+    if path not in RECORD_PATHS:
+        raise BadInputError(f"unknown record path {path!r}; choose from {RECORD_PATHS}")
+    keep_freed_memory()  # as the CLI does; every path runs under the same allocator
+    model = load_model(model_name, fast_path=not path.startswith("run_with_cache"))
+    _, prompts, batches = _batches(model, n_prompts)
+    names = {f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)}
+    if path == "hf_forward":
+        from transformers import AutoModelForCausalLM
+
+        stock = AutoModelForCausalLM.from_pretrained(model.path, dtype=model.dtype)
+        base = stock.to(model.device).eval().model
+        model = None  # only the stock model stays in memory
+
+    def run() -> None:
+        if path == "record":
+            record(model, prompts, layers="all", positions="last", progress=False)
+            return
+        with torch.inference_mode():
+            for b in batches:
+                if path == "hf_forward":
+                    base(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                         position_ids=position_ids(b.attention_mask), use_cache=False)  # fmt: skip
+                else:
+                    kw = {"names_filter": lambda n: n in names} if path.endswith("filtered") else {}
+                    model.bridge.run_with_cache(b.input_ids, attention_mask=b.attention_mask, **kw)
+
+    seconds = _timed({path: run}, repeats)[path]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_rss_mb": round(rss, 1)}
+
+
+def _in_fresh_process(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
+    args = json.dumps([model_name, path, n_prompts, repeats])
+    proc = subprocess.run([sys.executable, "-m", "safety_probes.bench", args],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"record benchmark path {path} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dict:
+    """Record throughput vs a bare HF forward and ``run_with_cache``, same prompts.
+
+    Each path runs in its own fresh process, one after the other in this call: the
+    heap a path inherits changes its speed (``run_with_cache`` at its defaults ran at
+    620 to 990 tokens/s on the same machine depending on what ran before it in the
+    process), so no path pays for another's allocations.
+    ``model_name`` is anything :func:`probes.load_model` accepts (zoo name, folder, hub id).
+    """
+    model = load_model(model_name)
+    pool, prompts, batches = _batches(model, n_prompts)
     full = encode(model.tokenizer, pool)  # padding of record's batches on the whole sets
     full_b = list(bucketed(full, range(len(full)), model.tokenizer.pad_token_id, 4096, 64))
     full_pad = 1 - sum(b.n_real_tokens for b in full_b) / sum(b.input_ids.numel() for b in full_b)
@@ -83,44 +144,15 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     padded = sum(b.input_ids.numel() for b in batches)
     block_params = sum(p.numel() for p in model.hf_model.model.layers.parameters())
     flops = 2 * block_params * real
-    from transformers import AutoModelForCausalLM
-
-    # The baseline is the stock HF model from the same folder: no bridge components,
-    # HF's default attention (the bridge-wrapped decoder is not a bare forward).
-    stock = AutoModelForCausalLM.from_pretrained(model.path, dtype=model.dtype)
-    base = stock.to(model.device).eval().model
-    names = {f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)}
-
-    def ours() -> None:
-        record(model, prompts, layers="all", positions="last", progress=False)
-
-    def hf() -> None:
-        with torch.inference_mode():
-            for b in batches:
-                base(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                     position_ids=position_ids(b.attention_mask), use_cache=False)  # fmt: skip
-
-    def rwc(bridge, filtered: bool) -> Callable[[], None]:
-        def run() -> None:
-            with torch.inference_mode():
-                for b in batches:
-                    kw = {"names_filter": lambda n: n in names} if filtered else {}
-                    bridge.run_with_cache(b.input_ids, attention_mask=b.attention_mask, **kw)
-
-        return run
-
-    times = _timed({"record": ours, "hf_forward": hf}, repeats)
-    stock = base = None  # free the baseline before loading the next model
-    # TransformerLens as shipped: a bridge without probes.fastpath.
-    tl = load_model(model_name, fast_path=False).bridge
-    times |= _timed({"run_with_cache_filtered": rwc(tl, True),
-                     "run_with_cache_default": rwc(tl, False)}, repeats)  # fmt: skip
-    del tl
-    by_size = {n: matmul_peak_gflops(model.dtype, sizes=(n,)) for n in (1024, 2048)}
+    dtype = model.dtype
+    model = None
+    runs = {p: _in_fresh_process(model_name, p, n_prompts, repeats) for p in RECORD_PATHS}
+    times = {p: r["seconds"] for p, r in runs.items()}
+    by_size = {n: matmul_peak_gflops(dtype, sizes=(n,)) for n in (1024, 2048)}
     peak = max(by_size.values())
     out = {
         "model": model_name,
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "n_prompts": len(prompts),
@@ -132,6 +164,7 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "matmul_gflops_by_size": {str(n): round(g, 1) for n, g in by_size.items()},
         "tokens_per_s": {k: round(real / t, 1) for k, t in times.items()},
         "gflops": {k: round(flops / t / 1e9, 1) for k, t in times.items()},
+        "peak_rss_mb": {k: r["peak_rss_mb"] for k, r in runs.items()},
     }
     out["record_vs_hf_forward"] = round(times["hf_forward"] / times["record"], 3)
     out["record_vs_run_with_cache_default"] = round(
@@ -141,7 +174,6 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         times["run_with_cache_filtered"] / times["record"], 2
     )
     out["record_fraction_of_peak"] = round(flops / times["record"] / 1e9 / peak, 3)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
 
 
@@ -162,3 +194,7 @@ def run_bench(what: str, *, model: str, n_prompts: int | None = None, **options)
         raise BadInputError(f"unknown benchmark {what!r}; use one of {', '.join(fns)}")
     kw = {} if n_prompts is None else {"n_prompts": n_prompts}
     return fns[what](model, **kw, **options)
+
+
+if __name__ == "__main__":  # one path of the record benchmark, for bench_record
+    print(json.dumps(time_record_path(*json.loads(sys.argv[1]))))

@@ -114,3 +114,17 @@ def test_fast_path__is_taken_when_nothing_is_hooked(pair, prompts, monkeypatch):
     assert calls == []
     _hidden(fast, _batch(fast, prompts))
     assert len(calls) == fast.n_layers
+
+
+def test_fast_path__a_plain_torch_hook_on_an_internal_point_is_honoured(pair, prompts):
+    fast, slow, _ = pair
+    batch = _batch(fast, prompts)
+    seen = []
+    hp = fast.bridge.hook_dict["blocks.0.attn.hook_attn_scores"]
+    handle = hp.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        h_fast = _hidden(fast, batch)
+    finally:
+        handle.remove()
+    assert len(seen) == 1  # layer 0 took the bridge path; the others the fast one
+    torch.testing.assert_close(h_fast, _hidden(slow, batch), atol=1e-4, rtol=1e-4)
