@@ -97,7 +97,7 @@ def _plain_norm(bridge: torch.nn.Module) -> bool:
 def _plain_attention(bridge: torch.nn.Module) -> bool:
     """True for standard rotary GQA attention: nothing the fast forward would skip."""
     hf, cfg = getattr(bridge, "original_component", None), getattr(bridge, "config", None)
-    if hf is None or cfg is None or not hasattr(hf, "head_dim"):
+    if hf is None or cfg is None or not (hasattr(hf, "head_dim") and hasattr(hf, "scaling")):
         return False
     flags = ("use_split_qkv_input", "use_attn_in", "gated_q_proj", "use_attn_result",
              "rotary_interleaved_cos_sin", "rotary_adjacent_pairs", "qk_norm_after_rope")  # fmt: skip
