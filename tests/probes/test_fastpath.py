@@ -100,19 +100,24 @@ def test_uninstall__restores_the_bridge_forward(tiny_dir, prompts):
     assert fastpath.install(m.bridge) == n
 
 
-def test_fast_path__is_taken_when_nothing_is_hooked(pair, prompts, monkeypatch):
+def test_fast_path__is_taken_when_nothing_is_hooked(pair, prompts):
     fast, slow, _ = pair
     calls = []
-    eager = fastpath._eager_attention
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return eager(*args, **kwargs)
+    def count_hf_attention_calls(model):  # the wrapped HF modules, which the bridge bypasses
+        return [
+            layer.self_attn.original_component.register_forward_hook(lambda *a: calls.append(1))
+            for layer in model.hf_model.model.layers
+        ]
 
-    monkeypatch.setattr(fastpath, "_eager_attention", counting)
-    _hidden(slow, _batch(slow, prompts))
-    assert calls == []
-    _hidden(fast, _batch(fast, prompts))
+    handles = count_hf_attention_calls(slow) + count_hf_attention_calls(fast)
+    try:
+        _hidden(slow, _batch(slow, prompts))
+        assert calls == []
+        _hidden(fast, _batch(fast, prompts))
+    finally:
+        for h in handles:
+            h.remove()
     assert len(calls) == fast.n_layers
 
 
