@@ -182,6 +182,23 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, str]:
     return Path(local), text
 
 
+def load_tokenizer(name_or_path: str | os.PathLike = zoo.DEFAULT_MODEL) -> tuple[Any, Path]:
+    """The model's tokenizer set up as :func:`load_model` sets it (left padding, a pad
+    token), and the model's local folder; no weights are loaded."""
+    path, _ = _resolve(name_or_path)
+    return _tokenizer(path), path
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def load_model(
     name_or_path: str | os.PathLike = zoo.DEFAULT_MODEL,
     *,
@@ -200,23 +217,19 @@ def load_model(
             models larger than one GPU, passed to ``TransformerBridge.boot_transformers``;
             exclusive with an explicit ``device``. ``LoadedModel.device`` is then the
             device of the input embeddings (where inputs go).
-        fast_path: run norms and attention on the HF kernels whenever no hook reads
-            their internals (:mod:`probes.fastpath`); False keeps every bridge forward.
+        fast_path: run norms and attention through the wrapped HF modules whenever no
+            hook reads their internals (:mod:`probes.fastpath`); False keeps every bridge forward.
 
     Returns:
         A :class:`LoadedModel` in eval mode.
     """
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoTokenizer
 
     if device_map is not None and device not in (None, "auto"):
         raise BadInputError("pass either device or device_map, not both")
     path, name = _resolve(name_or_path)
     device, dtype = pick_device_dtype(device, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    tokenizer = _tokenizer(path)
     place = {"device": device} if device_map is None else {"device_map": device_map}
     bridge = TransformerBridge.boot_transformers(
         str(path), dtype=dtype, tokenizer=tokenizer, **place

@@ -28,6 +28,7 @@ import torch
 from probes import data, load_model, record
 from probes.allocator import keep_freed_memory
 from probes.errors import BadInputError
+from probes.models import load_tokenizer, pick_device_dtype
 from probes.prompts import bucketed, encode, position_ids
 
 
@@ -54,29 +55,25 @@ def matmul_peak_gflops(
     return best
 
 
-def _timed(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` rounds, the functions alternating
-    within each round (so a slow spell of the machine hits all of them alike)."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = dict.fromkeys(fns, float("inf"))
+def _timed(fn: Callable[[], None], repeats: int) -> float:
+    """Best wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
+    fn()
+    best = float("inf")
     for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
     return best
 
 
 RECORD_PATHS = ("record", "hf_forward", "run_with_cache_filtered", "run_with_cache_default")
 
 
-def _batches(model, n_prompts: int):
+def _batches(tokenizer, n_prompts: int):
     pool = data.prompts("harmful") + data.prompts("harmless")
     prompts = (pool * (n_prompts // len(pool) + 1))[:n_prompts]
-    enc = encode(model.tokenizer, prompts)
-    pad = model.tokenizer.pad_token_id
-    return pool, prompts, list(bucketed(enc, range(len(enc)), pad, 4096, 64))
+    enc = encode(tokenizer, prompts)
+    return pool, prompts, list(bucketed(enc, range(len(enc)), tokenizer.pad_token_id, 4096, 64))
 
 
 def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
@@ -89,15 +86,18 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
     if path not in RECORD_PATHS:
         raise BadInputError(f"unknown record path {path!r}; choose from {RECORD_PATHS}")
     keep_freed_memory()  # as the CLI does; every path runs under the same allocator
-    model = load_model(model_name, fast_path=not path.startswith("run_with_cache"))
-    _, prompts, batches = _batches(model, n_prompts)
-    names = {f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)}
-    if path == "hf_forward":
+    if path == "hf_forward":  # the stock model alone: no bridge is booted in this process
         from transformers import AutoModelForCausalLM
 
-        stock = AutoModelForCausalLM.from_pretrained(model.path, dtype=model.dtype)
-        base = stock.to(model.device).eval().model
-        model = None  # only the stock model stays in memory
+        tokenizer, folder = load_tokenizer(model_name)
+        device, dtype = pick_device_dtype("auto", "auto")
+        stock = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        base = stock.to(device).eval().model
+    else:
+        model = load_model(model_name, fast_path=path == "record")
+        tokenizer = model.tokenizer
+        names = {f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)}
+    _, prompts, batches = _batches(tokenizer, n_prompts)
 
     def run() -> None:
         if path == "record":
@@ -112,7 +112,7 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
                     kw = {"names_filter": lambda n: n in names} if path.endswith("filtered") else {}
                     model.bridge.run_with_cache(b.input_ids, attention_mask=b.attention_mask, **kw)
 
-    seconds = _timed({path: run}, repeats)[path]
+    seconds = _timed(run, repeats)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "peak_rss_mb": round(rss, 1)}
 
@@ -131,12 +131,12 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
 
     Each path runs in its own fresh process, one after the other in this call: the
     heap a path inherits changes its speed (``run_with_cache`` at its defaults ran at
-    620 to 990 tokens/s on the same machine depending on what ran before it in the
-    process), so no path pays for another's allocations.
+    607 to 1058 tokens/s in one shared process depending on what ran before it, and at
+    1206 in a fresh one, on the same machine), so no path pays for another's allocations.
     ``model_name`` is anything :func:`probes.load_model` accepts (zoo name, folder, hub id).
     """
     model = load_model(model_name)
-    pool, prompts, batches = _batches(model, n_prompts)
+    pool, prompts, batches = _batches(model.tokenizer, n_prompts)
     full = encode(model.tokenizer, pool)  # padding of record's batches on the whole sets
     full_b = list(bucketed(full, range(len(full)), model.tokenizer.pad_token_id, 4096, 64))
     full_pad = 1 - sum(b.n_real_tokens for b in full_b) / sum(b.input_ids.numel() for b in full_b)
