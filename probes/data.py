@@ -2,9 +2,9 @@
 
 The shipped sets (``harmful``, ``harmless``, ``borderline``, ``backdoor``,
 ``benign_alarming``, ``harmful_extra``, ``harmless_extra``) are JSONL files with the
-keys ``id, prompt, label, category, split, source``; ``datasets/README.md`` is their dataset card. Public benchmarks are never
-downloaded here: the user fetches the file and passes its local path to a loader, which
-reads it in its own format.
+keys ``id, prompt, label, category, split, source``; ``datasets/README.md`` is their
+dataset card. Public benchmarks are never downloaded here: the user fetches the file
+and passes its local path to a loader, which reads it in its own format.
 
 Example:
     >>> from probes.data import load, prompts, wrap
