@@ -206,6 +206,7 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     device_map: str | dict | None = None,
     fast_path: bool = True,
+    compile: bool = False,
 ) -> LoadedModel:
     """Load a model with hook points.
 
@@ -219,6 +220,10 @@ def load_model(
             device of the input embeddings (where inputs go).
         fast_path: run norms and attention through the wrapped HF modules whenever no
             hook reads their internals (:mod:`probes.fastpath`); False keeps every bridge forward.
+        compile: also run each decoder block with nothing hooked inside it as one
+            ``torch.compile``-d HF layer (needs ``fast_path``; a C++ compiler on CPU; one
+            compilation per process, paid back on long recordings; outputs equal the
+            eager ones at rounding level). See :mod:`probes.fastpath`.
 
     Returns:
         A :class:`LoadedModel` in eval mode.
@@ -227,8 +232,12 @@ def load_model(
 
     if device_map is not None and device not in (None, "auto"):
         raise BadInputError("pass either device or device_map, not both")
+    if compile and not fast_path:
+        raise BadInputError("compile=True builds on the fast path; drop fast_path=False")
     path, name = _resolve(name_or_path)
     device, dtype = pick_device_dtype(device, dtype)
+    if compile:
+        fastpath.check_compiler(device)
     tokenizer = _tokenizer(path)
     place = {"device": device} if device_map is None else {"device_map": device_map}
     bridge = TransformerBridge.boot_transformers(
@@ -241,7 +250,7 @@ def load_model(
         p.requires_grad_(False)
     contiguous_unembedding(bridge.original_model)
     if fast_path:
-        fastpath.install(bridge)
+        fastpath.install(bridge, compile=compile)
     return LoadedModel(bridge, tokenizer, name, folder_digest(path), path, device, dtype)
 
 

@@ -55,18 +55,26 @@ def matmul_peak_gflops(
     return best
 
 
-def _timed(fn: Callable[[], None], repeats: int) -> float:
-    """Best wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
+def _timed(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
+    """Wall time of a warm-up run of ``fn``, and the best of ``repeats`` runs after it."""
+    t = time.perf_counter()
     fn()
+    first = time.perf_counter() - t
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
-    return best
+    return first, best
 
 
-RECORD_PATHS = ("record", "hf_forward", "run_with_cache_filtered", "run_with_cache_default")
+RECORD_PATHS = (
+    "record",
+    "record_compiled",
+    "hf_forward",
+    "run_with_cache_filtered",
+    "run_with_cache_default",
+)
 
 
 def _batches(tokenizer, n_prompts: int):
@@ -79,9 +87,11 @@ def _batches(tokenizer, n_prompts: int):
 def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
     """Best wall time of one path of the record benchmark (one warm-up first), this process.
 
-    ``hf_forward`` is the stock HF base model from the same folder (no bridge, HF's
-    default attention, no hidden states, no logits); ``run_with_cache_*`` run on a
-    bridge as TransformerLens ships it (no :mod:`probes.fastpath`).
+    ``record_compiled`` is ``record`` on ``load_model(..., compile=True)`` (the
+    warm-up run pays the compilation); ``hf_forward`` is the stock HF base model from
+    the same folder (no bridge, HF's default attention, no hidden states, no logits);
+    ``run_with_cache_*`` run on a bridge as TransformerLens ships it (no
+    :mod:`probes.fastpath`).
     """
     if path not in RECORD_PATHS:
         raise BadInputError(f"unknown record path {path!r}; choose from {RECORD_PATHS}")
@@ -94,13 +104,14 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
         stock = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         base = stock.to(device).eval().model
     else:
-        model = load_model(model_name, fast_path=path == "record")
+        ours = path.startswith("record")
+        model = load_model(model_name, fast_path=ours, compile=path == "record_compiled")
         tokenizer = model.tokenizer
         names = {f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)}
     _, prompts, batches = _batches(tokenizer, n_prompts)
 
     def run() -> None:
-        if path == "record":
+        if path.startswith("record"):
             record(model, prompts, layers="all", positions="last", progress=False)
             return
         with torch.inference_mode():
@@ -112,9 +123,9 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
                     kw = {"names_filter": lambda n: n in names} if path.endswith("filtered") else {}
                     model.bridge.run_with_cache(b.input_ids, attention_mask=b.attention_mask, **kw)
 
-    seconds = _timed(run, repeats)
+    first, seconds = _timed(run, repeats)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_rss_mb": round(rss, 1)}
+    return {"seconds": seconds, "first_run_seconds": round(first, 2), "peak_rss_mb": round(rss, 1)}
 
 
 def _in_fresh_process(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
@@ -165,15 +176,14 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "tokens_per_s": {k: round(real / t, 1) for k, t in times.items()},
         "gflops": {k: round(flops / t / 1e9, 1) for k, t in times.items()},
         "peak_rss_mb": {k: r["peak_rss_mb"] for k, r in runs.items()},
+        "first_run_seconds": {k: r["first_run_seconds"] for k, r in runs.items()},
     }
-    out["record_vs_hf_forward"] = round(times["hf_forward"] / times["record"], 3)
-    out["record_vs_run_with_cache_default"] = round(
-        times["run_with_cache_default"] / times["record"], 2
-    )
-    out["record_vs_run_with_cache_filtered"] = round(
-        times["run_with_cache_filtered"] / times["record"], 2
-    )
-    out["record_fraction_of_peak"] = round(flops / times["record"] / 1e9 / peak, 3)
+    for ours in ("record", "record_compiled"):
+        t = times[ours]
+        out[f"{ours}_vs_hf_forward"] = round(times["hf_forward"] / t, 3)
+        out[f"{ours}_vs_run_with_cache_default"] = round(times["run_with_cache_default"] / t, 2)
+        out[f"{ours}_vs_run_with_cache_filtered"] = round(times["run_with_cache_filtered"] / t, 2)
+        out[f"{ours}_fraction_of_peak"] = round(flops / t / 1e9 / peak, 3)
     return out
 
 

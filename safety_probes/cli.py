@@ -69,7 +69,7 @@ def cmd_record(args: argparse.Namespace) -> None:
     from probes import load_model, record_to_store
 
     prompts = load_prompts(args.data, args.split)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     store = record_to_store(
         model, prompts, args.out, sites=args.sites.split(","), layers=args.layers,
         positions=args.positions.split(","),
@@ -265,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--positions", default="last")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--dtype", default="auto")
+    sp.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each decoder block (needs a C++ compiler on CPU; pays on long runs)",
+    )
     sp.add_argument("--out", required=True)
     probe = sub.add_parser("probe", help="train or apply harmful-intent probes")
     psub = probe.add_subparsers(dest="probe_command", required=True, parser_class=_Parser)

@@ -133,3 +133,91 @@ def test_fast_path__a_plain_torch_hook_on_an_internal_point_is_honoured(pair, pr
         handle.remove()
     assert len(seen) == 1  # layer 0 took the bridge path; the others the fast one
     torch.testing.assert_close(h_fast, _hidden(slow, batch), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_dir):
+    """(compiled-block model, eager fast-path model), fp32 tiny Qwen2."""
+    return (
+        load_model(tiny_dir, device="cpu", dtype="float32", compile=True),
+        load_model(tiny_dir, device="cpu", dtype="float32"),
+    )
+
+
+@pytest.mark.slow
+def test_compiled__equals_eager_within_rounding_and_takes_the_compiled_path(compiled, prompts):
+    comp, eager = compiled
+    marked = [b for b in comp.bridge.blocks if b.__dict__.get(fastpath._MARK)]
+    assert len(marked) == comp.n_layers
+    batch = _batch(comp, prompts)
+    real = batch.attention_mask.bool()
+    calls, runs = [], [b.__dict__[fastpath._COMPILED] for b in comp.bridge.blocks]
+    for b, run in zip(comp.bridge.blocks, runs):  # count calls of each block's compiled layer
+        b.__dict__[fastpath._COMPILED] = lambda *a, _run=run, **k: calls.append(1) or _run(*a, **k)
+    try:
+        h = _hidden(comp, batch)[real]
+    finally:
+        for b, run in zip(comp.bridge.blocks, runs):
+            b.__dict__[fastpath._COMPILED] = run
+    assert len(calls) == comp.n_layers
+    torch.testing.assert_close(h, _hidden(eager, batch)[real], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled__record_every_site_matches_eager(compiled, prompts):
+    comp, eager = compiled
+    sites = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+    for group in (["resid_pre", "resid_post"], sites):  # block-level hooks only; then internal
+        a = record(comp, prompts, sites=group, layers="all", positions=["last", "mean"],
+                   progress=False)  # fmt: skip
+        b = record(eager, prompts, sites=group, layers="all", positions=["last", "mean"],
+                   progress=False)  # fmt: skip
+        for site in group:
+            for pos in ("last", "mean"):
+                torch.testing.assert_close(a[site, pos], b[site, pos], atol=1e-4, rtol=1e-4)
+    assert comp.n_active_hooks() == 0
+
+
+@pytest.mark.slow
+def test_compiled__internal_hook_sends_the_block_to_the_bridge(compiled, prompts):
+    comp, eager = compiled
+    batch = _batch(comp, prompts)
+    seen = []
+    comp.bridge.hook_dict["blocks.1.hook_mlp_out"].add_hook(lambda x, hook: seen.append("tl"))
+    handle = comp.bridge.blocks[0].attn.register_forward_hook(lambda *a: seen.append("torch"))
+    try:
+        h = _hidden(comp, batch)
+    finally:
+        comp.bridge.reset_hooks()
+        handle.remove()
+    assert sorted(seen) == ["tl", "torch"]  # a TL hook point and a plain torch hook both fire
+    torch.testing.assert_close(h, _hidden(eager, batch), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled__kv_cache_generation_matches_eager(compiled, prompts):
+    comp, eager = compiled
+    a = greedy(comp.hf_model, comp.tokenizer, prompts, max_new_tokens=6)
+    assert a == greedy(eager.hf_model, eager.tokenizer, prompts, max_new_tokens=6)
+
+
+def test_compiled__uninstall_restores_every_block(tiny_dir):
+    m = load_model(tiny_dir, device="cpu", dtype="float32", compile=True)
+    assert fastpath.uninstall(m.bridge) == 4 * m.n_layers + 1  # + one block each
+    assert not any("forward" in mod.__dict__ for mod in m.bridge.modules())
+
+
+def test_compiled__needs_the_fast_path_and_a_compiler(tiny_dir, monkeypatch):
+    from torch._inductor import cpp_builder
+
+    from probes.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="fast path"):
+        load_model(tiny_dir, device="cpu", dtype="float32", fast_path=False, compile=True)
+
+    def missing():
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    with pytest.raises(BadInputError, match="C\\+\\+ compiler"):
+        load_model(tiny_dir, device="cpu", dtype="float32", compile=True)

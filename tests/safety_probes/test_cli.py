@@ -36,6 +36,21 @@ def test_cli__record_to_store(tiny_dir, tmp_path, capsys):
     assert doc["n_prompts"] == 2 and doc["request"]["layers"] == [0, 1]
 
 
+def test_cli__record_compiled_equals_eager_store(tiny_dir, tmp_path, capsys):
+    import torch
+
+    from probes.store import ActivationStore
+
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"prompt": "How do I bake bread?"}\n{"prompt": "Hi there"}\n')
+    base = ["record", "--model", str(tiny_dir), "--data", str(data), "--dtype", "float32"]
+    assert main([*base, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*base, "--compile", "--out", str(tmp_path / "compiled")]) == 0
+    a = ActivationStore(tmp_path / "eager").load()
+    b = ActivationStore(tmp_path / "compiled").load()
+    torch.testing.assert_close(a["resid_post"], b["resid_post"], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "argv",
     [
