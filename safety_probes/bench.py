@@ -55,17 +55,16 @@ def matmul_peak_gflops(
     return best
 
 
-def _timed(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
-    """Wall time of a warm-up run of ``fn``, and the best of ``repeats`` runs after it."""
+def _timed(fn: Callable[[], None], repeats: int) -> tuple[float, list[float]]:
+    """Wall time of a warm-up run of ``fn``, and of each of ``repeats`` runs after it."""
     t = time.perf_counter()
     fn()
-    first = time.perf_counter() - t
-    best = float("inf")
+    first, times = time.perf_counter() - t, []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return first, best
+        times.append(time.perf_counter() - t)
+    return first, times
 
 
 RECORD_PATHS = (
@@ -123,9 +122,10 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
                     kw = {"names_filter": lambda n: n in names} if path.endswith("filtered") else {}
                     model.bridge.run_with_cache(b.input_ids, attention_mask=b.attention_mask, **kw)
 
-    first, seconds = _timed(run, repeats)
+    first, times = _timed(run, repeats)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "first_run_seconds": round(first, 2), "peak_rss_mb": round(rss, 1)}
+    return {"seconds": min(times), "pass_seconds": [round(t, 3) for t in times],
+            "first_run_seconds": round(first, 2), "peak_rss_mb": round(rss, 1)}  # fmt: skip
 
 
 def _in_fresh_process(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
@@ -146,6 +146,8 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     1206 in a fresh one, on the same machine), so no path pays for another's allocations.
     ``model_name`` is anything :func:`probes.load_model` accepts (zoo name, folder, hub id).
     """
+    if repeats < 1:
+        raise BadInputError(f"repeats must be at least 1, got {repeats}")
     model = load_model(model_name)
     pool, prompts, batches = _batches(model.tokenizer, n_prompts)
     full = encode(model.tokenizer, pool)  # padding of record's batches on the whole sets
@@ -177,6 +179,8 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "gflops": {k: round(flops / t / 1e9, 1) for k, t in times.items()},
         "peak_rss_mb": {k: r["peak_rss_mb"] for k, r in runs.items()},
         "first_run_seconds": {k: r["first_run_seconds"] for k, r in runs.items()},
+        "repeats": repeats,
+        "pass_seconds": {k: r["pass_seconds"] for k, r in runs.items()},
     }
     for ours in ("record", "record_compiled"):
         t = times[ours]

@@ -224,7 +224,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from safety_probes.bench import run_bench
 
     opts = {"probe": {"synthetic": args.synthetic},
-            "generate": {"max_new_tokens": args.max_new_tokens}}.get(args.what, {})  # fmt: skip
+            "generate": {"max_new_tokens": args.max_new_tokens},
+            "record": {"repeats": args.repeats}}.get(args.what, {})  # fmt: skip
     doc = run_bench(args.what, model=args.model, n_prompts=args.n_prompts, **opts)
     _emit(args, doc, json.dumps(doc, indent=2))
 
@@ -347,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-prompts", type=int, default=None, help="default: per benchmark")
     sp.add_argument("--synthetic", action="store_true", help="probe: synthetic activations")
     sp.add_argument("--max-new-tokens", type=int, default=32, help="generate: decode length")
+    sp.add_argument("--repeats", type=int, default=2, help="record: timed passes per path")
     sp = add("demo", cmd_demo, "run the main pipeline and write a report")
     sp.add_argument("--out", default="results")
     sp.add_argument("--fast", action="store_true")

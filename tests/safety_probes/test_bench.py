@@ -12,7 +12,15 @@ from safety_probes.cli import main
 def test_bench_record__accepts_a_model_folder(tiny_dir):
     doc = bench_record(str(tiny_dir), n_prompts=8, repeats=1)
     assert doc["n_prompts"] == 8 and doc["real_tokens"] > 0
-    assert set(doc["tokens_per_s"]) >= {"record", "hf_forward"}
+    assert set(doc["tokens_per_s"]) >= {"record", "record_compiled", "hf_forward"}
+    assert all(len(t) == 1 for t in doc["pass_seconds"].values())
+
+
+def test_bench_record__refuses_zero_repeats(tiny_dir):
+    from probes.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="repeats"):
+        bench_record(str(tiny_dir), n_prompts=8, repeats=0)
 
 
 def test_synthetic_activations__shape_and_planted_signal():
