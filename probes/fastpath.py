@@ -33,8 +33,9 @@ falls back to the bridge's forward per call when a hook sits inside it, with a K
 cache (generation), under training, processed weights or TransformerLens'
 ``stop_at_layer`` / ``start_at_layer``. Outputs then differ from the eager ones at
 rounding level (fused reductions; tested within 1e-4 in float32). Costs: a C++
-compiler on CPU and one compilation per process (about 15-25 s for qwen2.5-coder-0.5b
-on 2 cores, less with TorchInductor's on-disk cache warm); it pays on long recordings.
+compiler on CPU and one compilation per process (about 4 s for qwen2.5-coder-0.5b on 2
+cores with TorchInductor's on-disk cache warm, 15-25 s more cold); it pays on long
+recordings.
 
 Example:
     >>> from probes.fastpath import install  # doctest: +SKIP
@@ -67,12 +68,19 @@ def _hook_points(module: torch.nn.Module, skip: tuple[Any, ...]) -> list[Any]:
     return out
 
 
-def _hooked(points: list[Any]) -> bool:
-    """True if any point has a hook, added through TransformerLens or torch directly."""
-    return any(
-        p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p.fwd_hooks or p.bwd_hooks
-        for p in points
-    )
+def _hooked(modules: list[torch.nn.Module], ignore: frozenset[int] = frozenset()) -> bool:
+    """True if any module has a hook, added through TransformerLens or torch directly.
+
+    Torch forward pre-hooks whose ids are in ``ignore`` do not count.
+    """
+    for m in modules:
+        if m._forward_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return True
+        if any(k not in ignore for k in m._forward_pre_hooks):
+            return True
+        if getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None):
+            return True
+    return False
 
 
 def _hf_forward(bridge: torch.nn.Module, internal: list[Any], attention: bool) -> Callable:
@@ -133,18 +141,6 @@ def check_compiler(device: str) -> None:
         ) from None
 
 
-def _any_module_hook(modules: list[torch.nn.Module], ignore: set[int]) -> bool:
-    """True if any module has a torch hook (ids in ``ignore`` excepted) or a TL hook."""
-    for m in modules:
-        if m._forward_hooks or m._backward_hooks or m._backward_pre_hooks:
-            return True
-        if any(k not in ignore for k in m._forward_pre_hooks):
-            return True
-        if getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None):
-            return True
-    return False
-
-
 def _block_forward(block: torch.nn.Module) -> Callable:
     """A block forward that runs its compiled HF layer when nothing inside is hooked.
 
@@ -169,10 +165,10 @@ def _block_forward(block: torch.nn.Module) -> Callable:
     parts = [m for m in inner if hasattr(m, "_use_processed_weights")]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        own = {h.id for h in getattr(self, "_capture_hook_handles", ())}
+        own = frozenset(h.id for h in getattr(self, "_capture_hook_handles", ()))
         if (
             self.training
-            or _any_module_hook(inner, own)
+            or _hooked(inner, own)
             or kwargs.get("past_key_values") is not None
             or kwargs.get("past_key_value") is not None
             or getattr(self, "_stop_at_layer_idx", None) is not None
