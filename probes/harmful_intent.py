@@ -7,8 +7,9 @@ group wraps train/val prompts, the held-out group (``split == "test"`` in
 ``jailbreak_templates.jsonl``) wraps only test prompts, so the jailbreak result
 measures generalisation to unseen wrappers.
 
-Training adds the ``benign_alarming`` hard negatives (train only), and on request
-(``extra=True``) the ``harmful_extra`` / ``harmless_extra`` supplements. Selection
+Training adds the ``benign_alarming`` hard negatives and the ``harmful_extra`` /
+``harmless_extra`` supplements (all train only; ``extra=False`` leaves out the
+supplements). Selection
 (layer, position, method) is on val: TPR at the control-calibrated threshold, then
 AUROC, optionally only among probes that flag at most ``max_flagged`` of the borderline
 val split. Evaluation
@@ -162,7 +163,7 @@ def train_harmful_intent(
     n_boot: int = 1000,
     select_by: str = "tpr",
     max_flagged: float | None = None,
-    extra: bool = False,
+    extra: bool = True,
 ) -> tuple[Probe, SweepResult, dict[str, Activations]]:
     """Record the task, sweep layers and positions (selected on val, never test).
 
@@ -180,8 +181,8 @@ def train_harmful_intent(
             split (benign prompts with alarming words) at their calibrated threshold
             compete; if none does, the one flagging the fewest wins. Every sweep row gets
             ``borderline_val_flagged``. None: no such constraint (and no recording).
-        extra: train on the ``harmful_extra`` / ``harmless_extra`` supplements too (pass
-            the same to :func:`evaluate_harmful_intent`).
+        extra: train on the ``harmful_extra`` / ``harmless_extra`` supplements too
+            (default; pass the same to :func:`evaluate_harmful_intent`).
         limit: use at most this many prompts per set and split (fast runs).
 
     Returns:
@@ -222,7 +223,7 @@ def evaluate_harmful_intent(
     limit: int | None = None,
     fpr: float = 0.01,
     n_boot: int = 1000,
-    extra: bool = False,
+    extra: bool = True,
 ) -> dict:
     """Honest evaluation of a harmful-intent probe (see the module docstring).
 

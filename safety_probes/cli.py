@@ -93,8 +93,11 @@ def cmd_probe_train(args: argparse.Namespace) -> None:
             make_estimator(m)  # a bad spelling fails before the model loads
     model = load_model(args.model)
     method = args.method or DEFAULT_METHODS
-    probe, sweep, acts = train_harmful_intent(model, method=method, layer=layer, limit=args.limit)
-    report = evaluate_harmful_intent(model, probe, train_acts=acts["train"], limit=args.limit)
+    extra = not args.no_extra
+    probe, sweep, acts = train_harmful_intent(model, method=method, layer=layer, limit=args.limit,
+                                              extra=extra)  # fmt: skip
+    report = evaluate_harmful_intent(model, probe, train_acts=acts["train"], limit=args.limit,
+                                     extra=extra)  # fmt: skip
     report.pop("scores")
     probe.threshold = report["threshold"]
     probe.metrics = {**probe.metrics, "test": report["summary"]}
@@ -290,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--layer", default="auto")
     sp.add_argument("--limit", type=int, default=None, help="prompts per set and split")
+    sp.add_argument(
+        "--no-extra",
+        action="store_true",
+        help="train without the harmful_extra / harmless_extra supplements",
+    )
     sp.add_argument("--out", required=True)
     sp = psub.add_parser("score", help="score prompts with a saved probe")
     sp.set_defaults(fn=cmd_probe_score)

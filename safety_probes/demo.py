@@ -35,13 +35,15 @@ from steering.orthogonalize import hook_vs_weights_gap
 from steering.plots import coeff_sweep_figure
 from steering.refusal_direction import refusal_direction
 
-FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, refusal_train=64,
+FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, extra=True,
+            refusal_train=64,
             refusal_val=16, screen=3, finalists=8, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=20, recheck_n=64,
             attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=8,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
-FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, refusal_train=8, refusal_val=4,
+FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, extra=True,
+            refusal_train=8, refusal_val=4,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
             eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
@@ -52,7 +54,7 @@ FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, 
 # The settings each stage reads: a stage's cache is reused unless one of these changes
 # (or its data, model, upstream results or the pipeline version).
 STAGE_SETTINGS = {
-    "probe": ("limit", "methods", "select_by", "n_boot"),
+    "probe": ("limit", "methods", "select_by", "n_boot", "extra"),
     "refusal": ("refusal_train", "refusal_val", "screen", "finalists", "cand_layers",
                 "cand_positions"),
     "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_grid",
@@ -80,9 +82,10 @@ def _p(name: str, split: str, n: int | None) -> list[str]:
 def stage_probe(ctx: Context, model_name: str | None = None, tag: str = "") -> dict:
     c, model = ctx.config, _model(ctx, model_name)
     probe, sweep, acts = train_harmful_intent(model, method=c["methods"], limit=c["limit"],
-                                              n_boot=c["n_boot"], select_by=c["select_by"])  # fmt: skip
+                                              n_boot=c["n_boot"], select_by=c["select_by"],
+                                              extra=c["extra"])  # fmt: skip
     report = evaluate_harmful_intent(model, probe, train_acts=acts["train"], limit=c["limit"],
-                                     n_boot=c["n_boot"])  # fmt: skip
+                                     n_boot=c["n_boot"], extra=c["extra"])  # fmt: skip
     probe.threshold = report["threshold"]
     probe.metrics = {**probe.metrics, "test": report["summary"]}
     path = ctx.out / "probes" / f"harmful-intent{tag}.safetensors"
@@ -256,7 +259,7 @@ def run_demo(
     ctx = Context(out, cfg)
     data_hash = {n: sha256_file(data.datasets_dir() / f"{n}.jsonl")
                  for n in ("harmful", "harmless", "borderline", "benign_alarming",
-                           "jailbreak_templates")}  # fmt: skip
+                           "harmful_extra", "harmless_extra", "jailbreak_templates")}  # fmt: skip
 
     def key(stage: str, **after) -> dict:
         """What a stage's cached result depends on: its own settings, data, upstream results."""

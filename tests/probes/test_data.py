@@ -82,14 +82,14 @@ def test_load__harmless_and_borderline_have_enough_benign_prompts():
     assert {r.label for name in benign for r in load(name)} == {0}
 
 
-def test_load__benign_alarming_is_264_train_only_hard_negatives_in_12_categories():
+def test_load__benign_alarming_is_396_train_only_hard_negatives_in_18_categories():
     records = load("benign_alarming")
-    assert len(records) == 264
+    assert len(records) == 396
     assert {r.label for r in records} == {0}
     assert {r.split for r in records} == {"train"}
     assert {r.source for r in records} == {"safety-probes"}
     per_category = Counter(r.category for r in records)
-    assert len(per_category) == 12 and set(per_category.values()) == {22}
+    assert len(per_category) == 18 and set(per_category.values()) == {22}
     assert all(r.id.startswith(f"benign_alarming-{r.category}-") for r in records)
 
 

@@ -107,6 +107,28 @@ def test_cli__probe_train_score_generate_on_tiny(tiny_dir, tmp_path, capsys):
     ]
 
 
+def test_cli__probe_train_no_extra_trains_on_the_main_sets_only(tiny_dir, tmp_path, capsys):
+    from probes import load_model
+    from probes.harmful_intent import task_set
+    from probes.probe import load_probe
+    from probes.record import record
+    from probes.sweep import _data_hash
+
+    base = ["probe", "train", "--model", str(tiny_dir), "--limit", "3", "--layer", "1",
+            "--method", "mean-diff"]  # fmt: skip
+    paths = {}
+    for flag in ([], ["--no-extra"]):
+        paths[bool(flag)] = tmp_path / f"p{len(flag)}.safetensors"
+        assert main([*base, *flag, "--out", str(paths[bool(flag)])]) == 0
+    model = load_model(tiny_dir)
+    for no_extra, path in paths.items():
+        ts = task_set("train", limit=3, extra=not no_extra)
+        acts = record(model, ts.prompts, sites="resid_post", layers=[1], positions="mean",
+                      progress=False)  # fmt: skip
+        assert load_probe(path).data_hash == _data_hash(acts, ts.labels)
+    assert load_probe(paths[True]).data_hash != load_probe(paths[False]).data_hash
+
+
 @pytest.mark.parametrize(
     "argv",
     [
