@@ -39,6 +39,7 @@ import numpy as np
 
 from probes import data
 from probes.activations import Activations
+from probes.errors import BadInputError
 from probes.estimators import make_estimator
 from probes.evaluate import confound_baselines, leave_one_category_out, prompt_lengths
 from probes.metrics import (
@@ -98,13 +99,13 @@ def task_set(
     wrap_frac: float = 0.5,
     limit: int | None = None,
     hard_negatives: bool = True,
-    extra: bool = False,
+    extra: bool = True,
 ) -> TaskSet:
     """Harmful vs harmless prompts of ``split``, a stable ``wrap_frac`` of them re-added wrapped.
 
     The train split also holds the ``benign_alarming`` hard negatives (benign requests
     with alarming words, label 0) unless ``hard_negatives=False``: they teach the probe
-    intent rather than vocabulary; with ``extra=True`` also the ``harmful_extra`` /
+    intent rather than vocabulary; unless ``extra=False`` also the ``harmful_extra`` /
     ``harmless_extra`` supplements (the same categories, more varied phrasings, benign
     requests in the form of harmful ones). All three are train-only, so val and
     test are unchanged.
@@ -250,6 +251,12 @@ def evaluate_harmful_intent(
     out["borderline"] = {"flagged": float(np.mean(s_bl > t)), "n": len(bl)}
     if train_acts is not None:
         tr = task_set("train", limit=limit, extra=extra)
+        if len(train_acts) != len(tr.prompts):
+            raise BadInputError(
+                f"train_acts has {len(train_acts)} rows but task_set('train', limit={limit}, "
+                f"extra={extra}) has {len(tr.prompts)} prompts: record that set, or pass the "
+                "same limit and extra as to train_harmful_intent"
+            )
         Xtr = train_acts.layer("resid_post", layer, pos).numpy()
         Xte = test_acts.layer("resid_post", layer, pos).numpy()
         out["baselines"] = confound_baselines(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from probes import data
+from probes.errors import BadInputError
 from probes.harmful_intent import task_set, train_harmful_intent
 
 
-def test_task_set__train_holds_the_extra_supplements_only_on_request():
+def test_task_set__train_holds_the_extra_supplements_unless_told_not_to():
     extra = set(data.prompts("harmful_extra")) | set(data.prompts("harmless_extra"))
-    with_extra = task_set("train", limit=4, wrap_frac=0.0, extra=True)
-    without = task_set("train", limit=4, wrap_frac=0.0)
+    with_extra = task_set("train", limit=4, wrap_frac=0.0)
+    without = task_set("train", limit=4, wrap_frac=0.0, extra=False)
     assert len(extra & set(with_extra.prompts)) == 8  # 4 per supplement, stratified
     assert not extra & set(without.prompts)
     labels = dict(zip(with_extra.prompts, with_extra.labels, strict=True))
@@ -54,3 +55,6 @@ def test_evaluate__extra_training_set_matches_between_train_and_evaluate(tiny):
     report = evaluate_harmful_intent(tiny, probe, train_acts=acts["train"], limit=3,
                                      n_boot=10, extra=True)  # fmt: skip
     assert "leave_one_category_out" in report and "baselines" in report
+    with pytest.raises(BadInputError, match=r"train_acts has \d+ rows .* extra=False"):
+        evaluate_harmful_intent(tiny, probe, train_acts=acts["train"], limit=3, n_boot=10,
+                                extra=False)  # fmt: skip
