@@ -251,11 +251,11 @@ def evaluate_harmful_intent(
     out["borderline"] = {"flagged": float(np.mean(s_bl > t)), "n": len(bl)}
     if train_acts is not None:
         tr = task_set("train", limit=limit, extra=extra)
-        if len(train_acts) != len(tr.prompts):
+        if list(train_acts.prompts) != tr.prompts:
             raise BadInputError(
-                f"train_acts has {len(train_acts)} rows but task_set('train', limit={limit}, "
-                f"extra={extra}) has {len(tr.prompts)} prompts: record that set, or pass the "
-                "same limit and extra as to train_harmful_intent"
+                f"train_acts has {len(train_acts)} rows that are not the {len(tr.prompts)} "
+                f"prompts of task_set('train', limit={limit}, extra={extra}): record that set, "
+                "or pass the same limit and extra as to train_harmful_intent"
             )
         Xtr = train_acts.layer("resid_post", layer, pos).numpy()
         Xte = test_acts.layer("resid_post", layer, pos).numpy()
