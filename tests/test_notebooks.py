@@ -110,6 +110,9 @@ def test_notebook__runs_in_fast_mode(path, venv_kernel, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("SAFETY_PROBES_FAST", "1")  # the kernel inherits the environment
+    scratch = tmp_path / "tmp"  # the notebooks' tempfile folders land here, not in /tmp
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, kernel_name=venv_kernel, timeout=600,
                             resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip

@@ -33,7 +33,9 @@ def _torchrun(tmp_path, model_dir, out, *extra):
         "--out", str(out), "--layers", "all", "--positions", "last,mean", "--shard-size", "8",
         "--device", "cpu", "--dtype", "float32", "--json", *extra,
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    scratch = tmp_path / "tmp"  # torchrun's own torchelastic_* folders land here, not in /tmp
+    scratch.mkdir(exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", TMPDIR=str(scratch))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
