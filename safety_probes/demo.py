@@ -266,8 +266,9 @@ def run_demo(
     def key(stage: str, **after) -> dict:
         """What a stage's cached result depends on: its own settings, data, upstream results."""
         own = {k: cfg[k] for k in STAGE_SETTINGS[stage]}
-        # version: bumped when the library's numerics change (3: probes.fastpath)
-        return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 3, **after}
+        # version: bumped when the library's numerics or judging change (3: probes.fastpath,
+        # 4: the judge reads sympathy as an answer, select_coeff's fallback)
+        return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 4, **after}
 
     def probe_hash(tag: str) -> str:  # the trained probe itself, not just its layer
         return sha256_file(ctx.out / "probes" / f"harmful-intent{tag}.safetensors")
@@ -347,7 +348,7 @@ def run_refusal(out: str | Path, *, model: str = DEFAULT_MODEL, fast: bool = Fal
     out = check_out_dir(Path(out))
     cfg = dict(FAST if fast else FULL, fast=fast, model=model)
     ctx = Context(out, cfg)
-    base = {"cfg": cfg, "version": 2}  # 2: probes.fastpath
+    base = {"cfg": cfg, "version": 3}  # 2: probes.fastpath, 3: judge and select_coeff
     run_stage(ctx, "refusal", stage_refusal, base)
     run_stage(ctx, "steering", stage_steering, base | {"after": ctx.results["refusal"]})
     metrics = {"model": model, "stages": ctx.results}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from probes.errors import BadInputError
 from probes.models import LoadedModel
 from steering.directions import Direction
 from steering.generate import generate, last_logits
@@ -116,16 +118,20 @@ def select_coeff(
     model: LoadedModel,
     direction: Direction,
     harmless_val: Sequence[str],
-    grid: Sequence[float] = (1.0, 1.5, 2.0, 3.0, 4.0),
+    grid: Sequence[float] = (1.0, 1.5, 2.0, 3.0, 4.0),  # ascending
     *,
     target: float = 0.9,
     max_new_tokens: int = 12,
 ) -> dict:
     """Smallest addition coefficient whose refusal rate on harmless *val* prompts reaches ``target``.
 
-    Chosen on validation prompts (never test); returns the grid's largest
-    coefficient if none reaches the target.
+    Chosen on validation prompts (never test). If none reaches the target, the smallest
+    coefficient with the highest rate: a larger one that refuses no more often only
+    pushes the model further off its distribution (on qwen2.5-coder-0.5b, coefficient 6
+    refused as often as 4 on val and answered many prompts with "1.1.1.1...").
     """
+    if not grid:
+        raise BadInputError("select_coeff needs at least one coefficient in grid")
     rates = []
     for c in grid:
         with add(model, direction, coeff=c):
@@ -133,4 +139,5 @@ def select_coeff(
         rates.append(sum(map(is_refusal, texts)) / len(texts))
         if rates[-1] >= target:
             break
-    return {"coeff": grid[len(rates) - 1], "grid": list(grid[: len(rates)]), "val_refusal": rates}
+    best = int(np.argmax(rates))  # the first (smallest) of the highest rates
+    return {"coeff": grid[best], "grid": list(grid[: len(rates)]), "val_refusal": rates}
