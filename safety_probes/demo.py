@@ -35,13 +35,16 @@ from steering.orthogonalize import hook_vs_weights_gap
 from steering.plots import coeff_sweep_figure
 from steering.refusal_direction import refusal_direction
 
+# coeff_val_n=32: the addition coefficient is chosen on 32 harmless val prompts; on 8, one
+# prompt answered with sympathy ("I'm sorry to hear ...") moved a rate by 12.5 points and
+# flipped the choice.
 # defense_n=None: the defenses run on every test prompt (84 / 84 / 84 / 90); at 20 per set
 # one prompt moved a rate by 5 points, coarser than the 3% over-refusal target.
 FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, extra=True,
             refusal_train=64,
             refusal_val=16, screen=3, finalists=8, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=None, recheck_n=64,
-            attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=8,
+            attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=32,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
 FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, extra=True,
