@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from safety_probes.stages import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 CANDIDATES = ROOT / "datasets" / "candidates"
 NAMES = ("harmful_extra", "harmless_extra", "benign_alarming", "jailbreak_templates")
@@ -28,7 +30,7 @@ NAMES = ("harmful_extra", "harmless_extra", "benign_alarming", "jailbreak_templa
 RUN = """
 import json, sys
 from pathlib import Path
-from probes import load_model
+from probes import data, load_model
 from probes.harmful_intent import DEFAULT_METHODS, evaluate_harmful_intent, train_harmful_intent
 model_name, public, max_flagged = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 m = load_model(model_name)
@@ -37,7 +39,7 @@ probe, _, acts = train_harmful_intent(m, method=[*DEFAULT_METHODS, "mean-diff"],
 rep = evaluate_harmful_intent(m, probe, train_acts=acts["train"], n_boot=300, extra=True)
 out = {"position": probe.position, "threshold": rep["threshold"], "summary": rep["summary"]}
 for f in sorted(Path(public).glob("*.jsonl")) if public else ():
-    ps = [json.loads(line)["prompt"] for line in f.read_text().splitlines() if line.strip()]
+    ps = [r.prompt for r in data.load_jsonl(f)]
     out[f.stem] = float((probe.score(m, ps).numpy() > rep["threshold"]).mean())
 print("RESULT " + json.dumps(out))
 """
@@ -70,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                               cwd=tmp, check=True, stdout=subprocess.PIPE, text=True)  # fmt: skip
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     result = {"added": a.add, "max_flagged": a.max_flagged, **json.loads(line[7:])}
-    tmp_out = Path(a.out).with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=1))
-    tmp_out.replace(a.out)
+    atomic_write_text(Path(a.out), json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
 

@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     bare = [r.prompt for n in ("harmful", "harmless", "benign_alarming", "harmful_extra",
                                "harmless_extra") for r in data.load(n, "train")]  # fmt: skip
     wrapped = data.wrap([p for p in bare if _stable_pick(p + "jb", 0.5)], train_t)
-    text = (ROOT / "datasets" / "candidates" / "benign_long.jsonl").read_text(encoding="utf-8")
-    long_rows = [json.loads(line)["prompt"] for line in text.splitlines()]
+    long_rows = [r.prompt for r in data.load_jsonl(ROOT / "datasets/candidates/benign_long.jsonl")]
     neg = bare + (long_rows[0::2] * 10 if a.long_negatives else [])
     X = np.concatenate([acts(neg), acts(wrapped)])
     y = np.r_[np.zeros(len(neg)), np.ones(len(wrapped))]
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "long benign, held out": long_rows[1::2],
     }
     for f in sorted(Path(a.public).glob("*.jsonl")) if a.public else ():
-        sets[f.stem] = [json.loads(x)["prompt"] for x in f.read_text().splitlines() if x.strip()]
+        sets[f.stem] = [r.prompt for r in data.load_jsonl(f)]
     control = acts(control_set())
     feats = {k: acts(v) for k, v in sets.items()}
     out = {}

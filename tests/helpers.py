@@ -71,3 +71,14 @@ def build_tiny_model(folder: Path, arch: str = "qwen2", n_layers: int = 3, seed:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (the scripts folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,25 +1,21 @@
 """datasets/candidates and scripts/candidate_study.py: candidate training data, kept apart."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from probes import data
+from tests.helpers import load_script
 
 ROOT = Path(__file__).parents[2]
 CANDIDATES = ROOT / "datasets" / "candidates"
-SCRIPT = ROOT / "scripts" / "candidate_study.py"
 KEYS = {"id", "prompt", "label", "category", "split", "source"}
 
 
 @pytest.fixture(scope="module")
 def cs():
-    spec = importlib.util.spec_from_file_location("candidate_study", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("candidate_study")
 
 
 def _rows(name: str) -> list[dict]:
@@ -75,10 +71,6 @@ def test_candidates__long_benign_prompts_are_long_unique_and_labelled_by_kind():
 
 
 def test_jailbreak_detector_study__missing_public_folder_exits_2(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "jbs", ROOT / "scripts" / "jailbreak_detector_study.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("jailbreak_detector_study")
     assert mod.main(["--public", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err

