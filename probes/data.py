@@ -31,6 +31,7 @@ SETS = (
     "benign_alarming",
     "harmful_extra",
     "harmless_extra",
+    "benign_long",
 )
 SPLITS = ("train", "val", "test")
 _FIELDS = ("id", "prompt", "label", "category", "split", "source")

@@ -4,7 +4,8 @@ Reads the raw contributor files in ``datasets/parts/`` when that folder exists,
 otherwise the final files in ``datasets/`` themselves, and (re)writes:
 
 - ``harmful.jsonl``, ``harmless.jsonl``, ``borderline.jsonl``, ``backdoor.jsonl``,
-  ``benign_alarming.jsonl``: one record per line with exactly the keys ``id, prompt,
+  ``benign_alarming.jsonl``, ``harmful_extra.jsonl``, ``harmless_extra.jsonl``,
+  ``benign_long.jsonl``: one record per line with exactly the keys ``id, prompt,
   label, category, split, source``, sorted by ``id``;
 - ``jailbreak_templates.jsonl`` (``id, kind, template, split, source``) and
   ``backdoor_triggers.json``.
@@ -12,7 +13,9 @@ otherwise the final files in ``datasets/`` themselves, and (re)writes:
 Splits are seeded (seed 0) and stratified by category: 60% train / 20% val /
 20% test for harmful, harmless and backdoor; 50% val / 50% test for borderline
 (an evaluation set); 100% train for benign_alarming (hard negatives for training,
-the train-side counterpart of borderline). A split depends only on the set name, the
+the train-side counterpart of borderline) and the two supplements; 50% train / 25% val /
+25% test for benign_long (long benign messages: negatives and evaluation for the
+jailbreak-attempt probe). A split depends only on the set name, the
 category and the ids in it, so rebuilding from the final files reproduces the same
 splits.
 
@@ -52,6 +55,7 @@ SETS: dict[str, tuple[tuple[str, ...], int, tuple[float, float, float]]] = {
     "benign_alarming": (("benign_alarming.jsonl",), 0, (1.0, 0.0, 0.0)),
     "harmful_extra": (("harmful_extra.jsonl",), 1, (1.0, 0.0, 0.0)),
     "harmless_extra": (("harmless_extra.jsonl",), 0, (1.0, 0.0, 0.0)),
+    "benign_long": (("benign_long.jsonl",), 0, (0.5, 0.25, 0.25)),
 }
 TEMPLATES = "jailbreak_templates.jsonl"
 TRIGGERS = "backdoor_triggers.json"

@@ -32,8 +32,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -87,6 +87,7 @@ class GateRecord:
     fired: bool
     fired_at: int | None  # 0 = at the prompt, k = after the k-th generated token
     ablated: bool
+    fired_by: list[str] = field(default_factory=list)  # the probes that fired at the prompt
 
 
 class GatedRefusal:
@@ -94,7 +95,13 @@ class GatedRefusal:
 
     Args:
         model: the model to defend.
-        probe: a harmful-intent :class:`~probes.probe.Probe` for this model.
+        probe: a harmful-intent :class:`~probes.probe.Probe` for this model, or several
+            probes (a list, or a ``{name: probe}`` mapping; the first is the primary):
+            the gate fires where any probe scores above its own threshold (an OR, e.g.
+            harmful intent or a jailbreak attempt, see :mod:`probes.jailbreak_attempt`),
+            and an example counts as confidently benign only where every probe is below
+            its threshold minus ``margin``. ``threshold`` and the generated-token
+            re-check apply to the primary probe; the others gate at the prompt.
         direction: the refusal :class:`~steering.directions.Direction` (optional for
             ``block``, which then also ablates it on confidently benign examples).
         mode: ``steer``, ``calibrate`` or ``block``.
@@ -105,6 +112,11 @@ class GatedRefusal:
         recheck: re-check the gate on each generated token.
         recheck_threshold: the threshold for generated tokens (default: ``threshold``;
             see :meth:`calibrate_recheck`).
+        ablate_directions: what two-sided modes ablate on confidently benign examples
+            (their span; default: ``[direction]``). E.g. the refusal direction plus the
+            directions :func:`steering.benign_ablation.select_benign_ablation` adds, for a
+            model that refuses benign requests along more than one direction. Given
+            without ``direction``, ``block`` is two-sided with them.
         ablate_from: where two-sided modes ablate. ``"all"``: every layer, which needs
             the gate before the prompt forward starts (an early-stopped pre-pass to the
             probe's layer). ``"probe"``: the layers after the probe's, so the gate the
@@ -130,20 +142,44 @@ class GatedRefusal:
         recheck_threshold: float | None = None,
         refusal_text: str = REFUSAL_TEXT,
         ablate_from: str = "auto",
+        ablate_directions: Sequence[Direction] | None = None,
     ) -> None:
         if mode not in MODES:
             raise BadInputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        if not isinstance(probe, (Probe, CosineCondition)):
-            raise BadInputError(f"probe must be a Probe, got {type(probe).__name__}")
-        probe.check_model(model)
+        self.probes = _named_probes(probe)
+        probe = next(iter(self.probes.values()))
+        for name, p in self.probes.items():
+            p.check_model(model)
+            if p.model_identity.get("digest") != probe.model_identity.get("digest"):
+                raise BadInputError(f"probe {name!r} comes from another model than the first")
+            if name != next(iter(self.probes)) and not _finite(p.threshold):
+                raise BadInputError(f"probe {name!r} has no finite threshold (uncalibrated)")
         if direction is None and mode != "block":
             raise BadInputError(f"mode {mode!r} needs a refusal direction")
         if direction is not None:
             direction.check_model(model)
             if direction.model_identity.get("digest") != probe.model_identity.get("digest"):
                 raise BadInputError("the probe and the direction come from different models")
+        self.ablate_directions = (
+            list(ablate_directions) if ablate_directions is not None
+            else [direction] if direction is not None else []
+        )  # fmt: skip
+        if ablate_directions is not None and not self.ablate_directions:
+            raise BadInputError("ablate_directions is empty; pass None for the default")
+        for d in self.ablate_directions:
+            if not isinstance(d, Direction):
+                raise BadInputError(
+                    f"ablate_directions must hold Directions, got {type(d).__name__}"
+                )
+            d.check_model(model)
+            if d.model_identity.get("digest") != probe.model_identity.get("digest"):
+                raise BadInputError("the probe and an ablated direction come from different models")
+        if ablate_directions is not None:
+            from steering.interventions import orthonormal_basis
+
+            orthonormal_basis(model, self.ablate_directions)  # refuses dependent directions
         t = probe.threshold if threshold is None else threshold
-        if t is None or not torch.isfinite(torch.tensor(float(t))):
+        if not _finite(t):
             raise BadInputError("no finite threshold: the probe is uncalibrated; pass threshold=")
         if threshold is not None:
             _check_in_range(probe, float(threshold))
@@ -158,19 +194,28 @@ class GatedRefusal:
             raise BadInputError(
                 f"ablate_from must be 'auto', 'all' or 'probe', got {ablate_from!r}"
             )
+        self._primary = next(iter(self.probes))
+        self._thresholds = {n: float(p.threshold) for n, p in self.probes.items()}
+        self._thresholds[self._primary] = self.threshold
+        # the gate is complete once the deepest probe has scored
+        self._gate_probe = max(self.probes.values(), key=lambda p: p.layer)
+        gate_layer = self._gate_probe.layer
+        first_dir = min((d.layer for d in self.ablate_directions), default=None)
         late = ablate_from == "probe" or (
-            ablate_from == "auto" and direction is not None and probe.layer < direction.layer
+            ablate_from == "auto" and first_dir is not None and gate_layer < first_dir
         )
-        first = probe.layer + 1 if late else 0
+        first = gate_layer + 1 if late else 0
         if first >= model.n_layers and self._two_sided:
             raise BadInputError(
-                f"the probe reads the last layer ({probe.layer}); nothing after it to ablate"
+                f"the probe reads the last layer ({gate_layer}); nothing after it to ablate"
             )
         self.ablate_layers = list(range(first, model.n_layers))
         self.recheck_calibration: list[float] = []  # benign token maxima, see calibrate_recheck
         self._gate: Tensor | None = None  # [batch] bool: steer toward refusal
         self._benign: Tensor | None = None  # [batch] bool: ablate refusal (calibrate)
         self._fired_at: list[int | None] = []
+        self._fired_by: list[list[str]] = []
+        self._pending: dict[str, Tensor] = {}  # this prompt forward's scores so far
         self._step = 0
         self._prefilled = False
         self._monitor: ProbeMonitor | None = None
@@ -180,19 +225,28 @@ class GatedRefusal:
     @property
     def _two_sided(self) -> bool:
         """Ablate the direction where the probe is confidently below threshold."""
-        return self.mode == "calibrate" or (self.mode == "block" and self.direction is not None)
+        return self.mode == "calibrate" or (self.mode == "block" and bool(self.ablate_directions))
 
     # -- gate -------------------------------------------------------------
     def _on_score(self, name: str, s: Tensor, is_prompt: bool) -> None:
         if is_prompt:
             self._step = 0
-            fired = s > self.threshold
+            self._pending[name] = s
+            if len(self._pending) < len(self.probes):
+                return  # the gate is decided once every probe has scored this forward
+            scores, self._pending = self._pending, {}
             if not self._prefilled or self._gate is None or self._gate.shape[0] != s.shape[0]:
-                self._gate = fired
-                self._benign = s < self.threshold - self.margin
-                self._fired_at = [0 if f else None for f in fired.tolist()]
+                fired = {n: v > self._thresholds[n] for n, v in scores.items()}
+                self._gate = torch.stack(list(fired.values())).any(0)
+                self._benign = torch.stack(
+                    [v < self._thresholds[n] - self.margin for n, v in scores.items()]
+                ).all(0)
+                self._fired_at = [0 if f else None for f in self._gate.tolist()]
+                self._fired_by = [[n for n in fired if fired[n][i]] for i in range(s.shape[0])]
             self._prefilled = False
             return
+        if name != self._primary:
+            return  # only the primary probe re-checks generated tokens
         self._step += 1
         if not self.recheck or self._gate is None:
             return
@@ -212,6 +266,7 @@ class GatedRefusal:
         """A new prompt forward that was not prefilled: forget the previous batch's gate."""
         if x.shape[1] > 1 and not self._prefilled:
             self._gate = self._benign = None
+            self._pending = {}
 
     def __enter__(self) -> GatedRefusal:
         if self._stack is not None:
@@ -221,13 +276,15 @@ class GatedRefusal:
             first = self.model.hook_name("resid_pre", 0)
             stack.enter_context(hooks(self.model, {first: self._on_forward_start}))
             self._monitor = stack.enter_context(
-                ProbeMonitor(self.model, self.probe, callback=self._on_score)
+                ProbeMonitor(self.model, self.probes, callback=self._on_score)
             )
             if self.mode in ("steer", "calibrate"):
                 stack.enter_context(add(self.model, self.direction, coeff=self.coeff,
                                         mask=self._steer_mask))  # fmt: skip
             if self._two_sided:
-                stack.enter_context(ablate(self.model, self.direction, mask=self._ablate_mask,
+                dirs = self.ablate_directions
+                stack.enter_context(ablate(self.model, dirs[0] if len(dirs) == 1 else dirs,
+                                           mask=self._ablate_mask,
                                            layers=self.ablate_layers))  # fmt: skip
         except BaseException:
             stack.close()
@@ -238,6 +295,7 @@ class GatedRefusal:
     def __exit__(self, *exc) -> None:
         stack, self._stack = self._stack, None
         self._gate = self._benign = None
+        self._pending = {}
         self._prefilled = False
         if stack is not None:
             stack.close()
@@ -250,7 +308,7 @@ class GatedRefusal:
         prompts = list(prompts)
         model = self.model
         self.records = [None] * len(prompts)  # type: ignore[list-item]
-        layer = parse_layers([self.probe.layer], model.n_layers)[0]
+        layer = parse_layers([self._gate_probe.layer], model.n_layers)[0]
         blocked: set[int] = set()
 
         def before(enc, batch) -> None:
@@ -260,7 +318,7 @@ class GatedRefusal:
                 self._prefill(ids, batch.attention_mask.to(model.device), layer)
 
         def after(batch, new: Tensor) -> None:
-            mon_scores = self._monitor.scores("probe")
+            mon_scores = self._monitor.scores(self._primary)
             n_valid = _valid_steps(new, model.tokenizer)
             for i, r in enumerate(batch.rows):
                 fired_at = self._fired_at[i]
@@ -272,6 +330,7 @@ class GatedRefusal:
                     prompts[r], float(mon_scores[i, 0]),
                     float(mon_scores[i, : 1 + n_valid[i]].max()),
                     fired_at is not None, fired_at, bool(self._benign[i]) and self._two_sided,
+                    list(self._fired_by[i]),
                 )  # fmt: skip
             self._gate = self._benign = None
 
@@ -338,12 +397,36 @@ class GatedRefusal:
         """Score the prompts with a forward stopped after the probe's layer; set the gate."""
         self._gate = self._benign = None
         self._prefilled = False
-        forward_until(self.model, ids, mask, self.model.hook_name(self.probe.site, layer))
+        site = self._gate_probe.site
+        forward_until(self.model, ids, mask, self.model.hook_name(site, layer))
         self._prefilled = True
 
     def report(self) -> list[dict]:
         """One dict per example of the last :meth:`generate`: scores, fired, when."""
         return [vars(r).copy() for r in self.records if r is not None]
+
+
+def _named_probes(probe) -> dict[str, Probe | CosineCondition]:
+    """``{name: probe}``, the primary first: ``probe`` for one, ``probe1``... for the rest."""
+    ok = (Probe, CosineCondition)
+    if isinstance(probe, ok):
+        return {"probe": probe}
+    if isinstance(probe, Mapping):
+        named = dict(probe)
+    elif isinstance(probe, Sequence) and not isinstance(probe, str):
+        named = {("probe" if i == 0 else f"probe{i}"): p for i, p in enumerate(probe)}
+    else:
+        raise BadInputError(f"probe must be a Probe, got {type(probe).__name__}")
+    if not named:
+        raise BadInputError("no probe given")
+    for name, p in named.items():
+        if not isinstance(p, ok):
+            raise BadInputError(f"probe {name!r} must be a Probe, got {type(p).__name__}")
+    return named
+
+
+def _finite(t) -> bool:
+    return t is not None and bool(torch.isfinite(torch.tensor(float(t))))
 
 
 def _check_in_range(probe, t: float) -> None:

@@ -63,10 +63,31 @@ def _mask_for(mask: MaskLike, x: Tensor) -> Tensor | None:
     return m.to(x.dtype)[:, None, None]
 
 
+def orthonormal_basis(model: LoadedModel, directions: Sequence[Direction | Tensor]) -> Tensor:
+    """Validate directions for ``model``; an orthonormal basis of their span, ``[k, d_model]``.
+
+    Gram-Schmidt (a QR decomposition in float64) in the given order, so the first row is
+    the first direction's unit vector. Directions that are (nearly) linearly dependent
+    are refused: their span is smaller than the list suggests.
+    """
+    units = [unit_vector(model, d) for d in directions]
+    if not units:
+        raise BadInputError("no direction given")
+    q, r = torch.linalg.qr(torch.stack(units).T.double())
+    diag = r.diagonal().abs()
+    if (diag < 1e-4).any():
+        i = int(torch.nonzero(diag < 1e-4)[0])
+        raise BadInputError(
+            f"direction {i} lies (almost) in the span of the directions before it; "
+            "drop it or pass linearly independent directions"
+        )
+    return (q * torch.sign(r.diagonal())).T.float()  # signs fixed: row 0 = units[0]
+
+
 @contextlib.contextmanager
 def ablate(
     model: LoadedModel,
-    direction: Direction | Tensor,
+    direction: Direction | Tensor | Sequence[Direction | Tensor],
     *,
     mask: MaskLike = None,
     layers: Sequence[int] | None = None,
@@ -75,16 +96,26 @@ def ablate(
     """Project ``direction`` out of the residual stream at every layer and position.
 
     ``x <- x - (x . r) r`` on ``resid_pre`` and on the attention and MLP outputs
-    of each block (so no block can write the direction back).
+    of each block (so no block can write the direction back). A list of directions
+    ablates their whole span: ``x <- x - (x B^T) B`` with ``B [k, d_model]`` an
+    orthonormal basis of it (see :func:`orthonormal_basis`).
     """
-    r = unit_vector(model, direction).to(model.device)
+    if isinstance(direction, (Direction, Tensor)):
+        basis = unit_vector(model, direction)[None, :]
+    else:
+        basis = orthonormal_basis(model, list(direction))
+    basis = basis.to(model.device)  # [k, d_model]
     layers = range(model.n_layers) if layers is None else layers
     for layer in layers:
         check_layer(model, layer)
 
     def fn(module, args, x: Tensor) -> Tensor:
-        rr = r.to(x.dtype)
-        proj = (x @ rr)[..., None] * rr
+        b = basis.to(x.dtype)
+        if b.shape[0] == 1:
+            rr = b[0]
+            proj = (x @ rr)[..., None] * rr
+        else:
+            proj = (x @ b.T) @ b
         w = _mask_for(mask, x)
         return x - proj if w is None else x - w * proj
 

@@ -59,18 +59,3 @@ def test_candidate_study__unknown_candidate_name_is_rejected(cs, tmp_path):
     with pytest.raises(SystemExit) as err:
         cs.main(["--add", "harmful", "--out", str(tmp_path / "r.json")])
     assert err.value.code == 2
-
-
-def test_candidates__long_benign_prompts_are_long_unique_and_labelled_by_kind():
-    rows = _rows("benign_long")
-    assert len(rows) == 40 and all(set(r) == {"id", "prompt", "kind"} for r in rows)
-    assert len({r["id"] for r in rows}) == len({r["prompt"] for r in rows}) == len(rows)
-    assert {r["kind"] for r in rows} == {"role", "document", "context", "format", "creative",
-                                         "multipart"}  # fmt: skip
-    assert all(150 <= len(r["prompt"].split()) <= 600 for r in rows)
-
-
-def test_jailbreak_detector_study__missing_public_folder_exits_2(tmp_path, capsys):
-    mod = load_script("jailbreak_detector_study")
-    assert mod.main(["--public", str(tmp_path / "nope")]) == 2
-    assert "is not a folder" in capsys.readouterr().err

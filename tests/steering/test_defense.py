@@ -206,3 +206,101 @@ def test_defense__ablate_from_all_runs_a_pre_pass_and_ablates_every_layer(tiny, 
     with pytest.raises(BadInputError, match="nothing after it"):
         GatedRefusal(tiny, last, direction, mode="calibrate", threshold=0.0, ablate_from="probe")
     assert tiny.n_active_hooks() == 0
+
+
+def test_defense__ablate_directions_ablate_their_span_on_benign_examples(tiny, prompts):
+    probe = make_probe(tiny, layer=0)
+    t = _threshold_between(tiny, probe, prompts)
+    acts = record(tiny, prompts, sites="resid_pre", layers=[1, 2], positions="last")
+    d1 = Direction(acts.layer("resid_pre", 1).float().mean(0), 1, "last", tiny.identity)
+    d2 = Direction(acts.layer("resid_pre", 2).float().std(0), 2, "last", tiny.identity)
+    gate = GatedRefusal(tiny, probe, d1, mode="block", threshold=t, recheck=False,
+                        ablate_directions=[d1, d2])  # fmt: skip
+    outs = gate.generate(prompts, max_new_tokens=6)
+    with ablate(tiny, [d1, d2], layers=gate.ablate_layers):
+        ablated = generate(tiny, prompts, max_new_tokens=6)
+    only = GatedRefusal(tiny, probe, d1, mode="block", threshold=t, recheck=False)
+    outs1 = only.generate(prompts, max_new_tokens=6)
+    for o, a, r in zip(outs, ablated, gate.report()):
+        assert o == (gate.refusal_text if r["fired"] else a)
+        assert r["ablated"] == (not r["fired"])
+    assert outs != outs1  # the second direction changed some benign answer
+    # block without a direction but with ablate_directions is two-sided too
+    no_dir = GatedRefusal(tiny, probe, mode="block", threshold=t, recheck=False,
+                          ablate_directions=[d1, d2])  # fmt: skip
+    assert no_dir.generate(prompts, max_new_tokens=6) == outs
+    assert tiny.n_active_hooks() == 0
+
+
+def test_defense__bad_ablate_directions(tiny, direction):
+    probe = make_probe(tiny)
+    with pytest.raises(BadInputError, match="ablate_directions is empty"):
+        GatedRefusal(tiny, probe, direction, mode="block", ablate_directions=[])
+    with pytest.raises(BadInputError, match="must hold Directions"):
+        GatedRefusal(tiny, probe, direction, mode="block", ablate_directions=[direction.vector])
+    twice = Direction(direction.vector * 2, 2, "last", tiny.identity)
+    with pytest.raises(BadInputError, match="span"):
+        GatedRefusal(tiny, probe, direction, mode="block", ablate_directions=[direction, twice])
+    other = Direction(direction.vector, 1, "last", {**tiny.identity, "digest": "e" * 64})
+    with pytest.raises(BadInputError, match="made for model"):
+        GatedRefusal(tiny, probe, direction, mode="block", ablate_directions=[other])
+    assert tiny.n_active_hooks() == 0
+
+
+@pytest.mark.parametrize("mode", ["steer", "calibrate", "block"])
+def test_defense__two_probes_gate_as_an_or_and_batch_equals_alone(tiny, prompts, direction, mode):
+    a = make_probe(tiny, layer=0, seed=0)
+    a.threshold = _threshold_between(tiny, a, prompts)
+
+    below_a = a.score(tiny, prompts) <= a.threshold
+
+    def cut(p):  # (gap, threshold): fire on the best-scoring prompt a does not fire on
+        sc = p.score(tiny, prompts)
+        m = float(sc[below_a].max())
+        lower = sc[sc < m]
+        nxt = float(lower.max()) if len(lower) else m - 1.0
+        return m - nxt, (m + nxt) / 2
+
+    b = max((make_probe(tiny, layer=0, seed=s) for s in range(1, 12)), key=lambda p: cut(p)[0])
+    b.threshold = cut(b)[1]
+    sa, sb = a.score(tiny, prompts), b.score(tiny, prompts)
+    d = GatedRefusal(tiny, {"intent": a, "jailbreak": b}, direction, mode=mode, recheck=False)
+    outs = d.generate(prompts, max_new_tokens=6)
+    rep = d.report()
+    for r, x, y in zip(rep, sa.tolist(), sb.tolist()):
+        assert min(abs(x - a.threshold), abs(y - b.threshold)) > 1e-3  # no ties
+        assert r["fired"] == (x > a.threshold or y > b.threshold)
+        assert r["fired_by"] == [n for n, v, t in (("intent", x, a.threshold),
+                                                   ("jailbreak", y, b.threshold)) if v > t]  # fmt: skip
+        assert r["ablated"] == (mode != "steer" and not r["fired"])
+        assert r["prompt_score"] == pytest.approx(x, abs=1e-4)  # the primary's score
+    only_b = [r for r in rep if r["fired_by"] == ["jailbreak"]]
+    assert only_b, "the second probe should add a gated example"
+    for i, p in enumerate(prompts):
+        assert d.generate([p], max_new_tokens=6)[0] == outs[i]
+    assert tiny.n_active_hooks() == 0
+
+
+def test_defense__a_deeper_second_probe_moves_the_ablation_after_it(tiny, prompts, direction):
+    a, b = make_probe(tiny, layer=0), make_probe(tiny, layer=1, seed=2)
+    late = Direction(direction.vector, 2, "last", tiny.identity)
+    d = GatedRefusal(tiny, [a, b], late, mode="calibrate", threshold=0.0)
+    assert d.ablate_layers == [2]  # after the deeper probe's layer 1
+    assert list(d.probes) == ["probe", "probe1"]
+
+
+def test_defense__bad_probe_lists(tiny, direction):
+    a = make_probe(tiny)
+    with pytest.raises(BadInputError, match="no probe"):
+        GatedRefusal(tiny, [], direction)
+    with pytest.raises(BadInputError, match="'probe1' must be a Probe"):
+        GatedRefusal(tiny, [a, "not a probe"], direction)
+    b = make_probe(tiny, seed=3)
+    b.threshold = None
+    with pytest.raises(BadInputError, match="'probe1' has no finite threshold"):
+        GatedRefusal(tiny, [a, b], direction)
+    c = make_probe(tiny, seed=5)
+    c.model_identity = {**tiny.identity, "digest": "f" * 64}
+    with pytest.raises(BadInputError, match="model"):
+        GatedRefusal(tiny, [a, c], direction)
+    assert tiny.n_active_hooks() == 0

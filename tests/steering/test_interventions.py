@@ -112,3 +112,40 @@ def test_direction__other_model_is_refused(tiny, direction):
     other = Direction(direction.vector, 1, "eoi[-1]", {**tiny.identity, "digest": "0" * 64})
     with pytest.raises(BadInputError, match="was made for model"), ablate(tiny, other):
         pass
+
+
+def test_ablate__a_list_removes_the_whole_span(tiny, prompts, direction):
+    from probes import record
+
+    g = torch.Generator().manual_seed(7)
+    other = Direction(torch.randn(tiny.d_model, generator=g), 2, "eoi[-1]", tiny.identity)
+    with ablate(tiny, [direction, other]):
+        acts = record(tiny, prompts, sites="resid_pre", layers="all", positions="last")
+    x = acts["resid_pre"].float()
+    assert (x @ direction.unit).abs().max() < 1e-4
+    assert (x @ other.unit).abs().max() < 1e-4
+    with ablate(tiny, [other, direction]):  # the span, not the order, decides
+        again = record(tiny, prompts, sites="resid_pre", layers="all", positions="last")
+    assert torch.allclose(again["resid_pre"].float(), x, atol=1e-5)
+    assert _hooks_count(tiny) == 0
+
+
+def test_ablate__a_one_element_list_equals_the_direction(tiny, prompts, direction):
+    with ablate(tiny, direction):
+        one = last_logits(tiny, prompts)
+    with ablate(tiny, [direction]):
+        listed = last_logits(tiny, prompts)
+    assert torch.allclose(one, listed, atol=1e-5)
+
+
+def test_ablate__dependent_or_empty_directions_are_refused(tiny, prompts, direction):
+    before = last_logits(tiny, prompts)
+    twice = Direction(direction.vector * -2.0, 0, "last", tiny.identity)
+    with pytest.raises(BadInputError, match="span of the directions before it"):
+        with ablate(tiny, [direction, twice]):
+            pass
+    with pytest.raises(BadInputError, match="no direction"):
+        with ablate(tiny, []):
+            pass
+    assert _hooks_count(tiny) == 0
+    assert torch.equal(before, last_logits(tiny, prompts))
