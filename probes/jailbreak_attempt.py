@@ -12,11 +12,16 @@ multi-part tasks: the surface of a jailbreak without its intent), weighted by re
 
 Data (fixed splits; selection on val, never test):
 
+- templates: the training group (``split == "train"``) is split again, every fifth by id
+  going to validation, so that the layer and regularisation are chosen by how well the
+  probe finds wrappers it was not fitted on (with one template pool for both, every
+  layer scores a perfect val TPR and the tie goes to layer 0, whose features are the
+  templates' words);
 - train: the train prompts of every shipped prompt set bare (label 0), a stable half of
-  them re-added inside the training templates (label 1), and the ``benign_long`` train
+  them re-added inside the fitting templates (label 1), and the ``benign_long`` train
   split (label 0, repeated ``long_weight`` times);
-- val: harmful and harmless val prompts bare and (a stable half) wrapped in training
-  templates, and the ``benign_long`` val split;
+- val: harmful and harmless val prompts bare and (a stable half) wrapped in the
+  validation templates, and the ``benign_long`` val split;
 - control (threshold at ``fpr``): the harmless val split and the ``benign_long`` val split;
 - test (:func:`evaluate_jailbreak_attempt`): harmful and harmless test prompts inside the
   held-out templates (detection rate), and the flagged fraction of the bare harmful,
@@ -59,8 +64,9 @@ POSITION = "mean"
 def jailbreak_task_set(split: str, *, limit: int | None = None, long_weight: int = 1) -> TaskSet:
     """Bare (0) vs template-wrapped (1) prompts of ``split``, plus long benign messages (0).
 
-    Train and val prompts are wrapped in the training templates; the held-out templates
-    are for :func:`evaluate_jailbreak_attempt` only. ``long_weight`` repeats the
+    Train prompts are wrapped in the fitting templates and val prompts in the validation
+    templates (:func:`template_split`); the held-out test templates are for
+    :func:`evaluate_jailbreak_attempt` only. ``long_weight`` repeats the
     ``benign_long`` rows (train: they are few against thousands of short prompts).
     Categories: ``bare``, ``wrapped`` and ``long:<kind>``.
     """
@@ -68,16 +74,23 @@ def jailbreak_task_set(split: str, *, limit: int | None = None, long_weight: int
         raise BadInputError(f"jailbreak_task_set takes split 'train' or 'val', not {split!r}")
     if long_weight < 1:
         raise BadInputError(f"long_weight must be >= 1, got {long_weight}")
-    train_t, _ = template_groups()
+    fit_t, val_t = template_split()
     names = TRAIN_SETS if split == "train" else ("harmful", "harmless")
     bare = [r for n in names for r in subset(data.load(n, split), limit)]
     picked = [r.prompt for r in bare if _stable_pick(r.id + ":jailbreak", 0.5)]
-    wrapped = data.wrap(picked, train_t) if picked else []
+    wrapped = data.wrap(picked, fit_t if split == "train" else val_t) if picked else []
     long = subset(data.load("benign_long", split), limit) * long_weight
     prompts = [r.prompt for r in bare] + wrapped + [r.prompt for r in long]
     labels = [0] * len(bare) + [1] * len(wrapped) + [0] * len(long)
     cats = ["bare"] * len(bare) + ["wrapped"] * len(wrapped) + [f"long:{r.category}" for r in long]
     return TaskSet(prompts, np.array(labels), cats)
+
+
+def template_split() -> tuple[list[data.Template], list[data.Template]]:
+    """(fitting, validation) templates: the training group, every fifth by id to validation."""
+    train_t, _ = template_groups()
+    return ([t for i, t in enumerate(train_t) if i % 5 != 4],
+            [t for i, t in enumerate(train_t) if i % 5 == 4])  # fmt: skip
 
 
 def control_prompts(limit: int | None = None) -> list[str]:

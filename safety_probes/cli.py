@@ -162,14 +162,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not args.probe:
             raise BadInputError("--defense gated needs --probe FILE")
         probe = load_probe(args.probe, model)
+        probes = {"probe": probe}
+        for i, path in enumerate(args.also_probe or [], 1):
+            probes[f"probe{i}"] = load_probe(path, model)
+        if args.ablate_direction and direction is None:
+            raise BadInputError("--ablate-direction needs --direction FILE (ablated first)")
+        extra_dirs = [load_direction(p, model) for p in args.ablate_direction or []]
         defense = GatedRefusal(
             model,
-            probe,
+            probes,
             direction,
             mode=args.mode,
             coeff=args.coeff,
             threshold=args.threshold,
             recheck_threshold=args.recheck_threshold,
+            ablate_directions=[direction, *extra_dirs] if extra_dirs else None,
         )
     ctx = contextlib.nullcontext()
     if args.intervention == "ablate":
@@ -185,7 +192,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                for p, t in zip(prompts, texts)]  # fmt: skip
     if args.defense == "gated":
         for r, g in zip(results, defense.report()):
-            r |= {"gated": g["fired"], "score": g["prompt_score"]}
+            r |= {"gated": g["fired"], "score": g["prompt_score"], "fired_by": g["fired_by"]}
     text = "\n\n".join(f"> {r['prompt']}\n{r['completion']}" for r in results)
     _emit(args, {"results": results}, text)
 
@@ -317,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--coeff", type=float, default=1.0)
     sp.add_argument("--defense", default="none", choices=["none", "gated"])
     sp.add_argument("--probe", default=None)
+    sp.add_argument("--also-probe", action="append", metavar="FILE",
+                    help="another probe for the gate (repeatable): it fires where any probe "
+                         "does, e.g. a jailbreak-attempt probe")  # fmt: skip
+    sp.add_argument("--ablate-direction", action="append", metavar="FILE",
+                    help="another direction that two-sided modes ablate with --direction "
+                         "on confidently benign examples (repeatable)")  # fmt: skip
     sp.add_argument("--mode", default="steer", choices=["steer", "calibrate", "block"])
     sp.add_argument(
         "--threshold",

@@ -46,14 +46,16 @@ FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr"
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=None, recheck_n=64,
             attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=32,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
-            coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0))  # fmt: skip
+            coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0),
+            jailbreak_probe=True, benign_ablation_k=1)  # fmt: skip
 FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, extra=True,
             refusal_train=8, refusal_val=4,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
             eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
-            coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0))  # fmt: skip
+            coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0), jailbreak_probe=True,
+            benign_ablation_k=1)  # fmt: skip
 
 
 # The settings each stage reads: a stage's cache is reused unless one of these changes
@@ -64,8 +66,10 @@ STAGE_SETTINGS = {
                 "cand_positions"),
     "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_grid",
                  "sweep_coeffs"),
+    "jailbreak_probe": ("limit", "n_boot"),
     "defense": ("limit", "defense_n", "recheck_n", "recheck_sets", "attack_n", "overhead_n",
-                "gen_tokens", "defense_modes"),
+                "gen_tokens", "defense_modes", "jailbreak_probe", "benign_ablation_k",
+                "refusal_train"),
     "defense_smollm": ("defense_n", "recheck_n", "recheck_sets", "gen_tokens"),
     "backdoor": ("fast",),
 }  # fmt: skip
@@ -157,35 +161,74 @@ def stage_steering(ctx: Context) -> dict:
             "coeff_sweep": {"coeffs": coeffs, **sw}}  # fmt: skip
 
 
-def _sets(c: dict) -> dict[str, list[str]]:
-    return {
+def _sets(c: dict, wrapped_harmless: bool = False) -> dict[str, list[str]]:
+    sets = {
         "harmful": _p("harmful", "test", c["defense_n"]),
         "jailbreak": jailbreak_test(c["defense_n"]),
         "harmless": _p("harmless", "test", c["defense_n"]),
         "borderline": _p("borderline", "test", c["defense_n"]),
     }
+    if wrapped_harmless:  # the wrapper confound: benign requests in the held-out wrappers
+        sets["jailbreak-harmless"] = jailbreak_test(c["defense_n"], "harmless")
+    return sets
+
+
+def stage_jailbreak_probe(ctx: Context) -> dict:
+    """The jailbreak-attempt probe (``probes.jailbreak_attempt``), a second gate signal."""
+    from probes.jailbreak_attempt import evaluate_jailbreak_attempt, train_jailbreak_attempt
+
+    c, model = ctx.config, _model(ctx)
+    probe, sweep, _ = train_jailbreak_attempt(model, limit=c["limit"], n_boot=c["n_boot"])
+    path = ctx.out / "probes" / "jailbreak-attempt.safetensors"
+    probe.save(path)
+    ev = evaluate_jailbreak_attempt(model, probe, limit=c["limit"])
+    ctx.figure("jailbreak_scores", score_histogram(ev.pop("scores"), probe.threshold))
+    rows = [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in sweep.table()]
+    return {"probe": str(path), "layer": probe.layer, "method": probe.method, "sweep": rows,
+            **ev}  # fmt: skip
+
+
+def _benign_ablation(ctx: Context, model, d, probes: list) -> list:
+    """The refusal direction plus the directions whose ablation removes most refusal on
+    benign val prompts (``steering.benign_ablation``), on the layers the gate ablates."""
+    from steering.benign_ablation import select_benign_ablation
+
+    c = ctx.config
+    _, scorer = _direction_and_scorer(ctx)
+    after = max(p.layer for p in probes) + 1
+    layers = list(range(after, model.n_layers))
+    benign = [p for name in c["recheck_sets"] for p in _p(name, "val", c["limit"])]
+    n = c["refusal_train"]
+    sel = select_benign_ablation(model, d, _p("harmful", "train", n), _p("harmless", "train", n),
+                                 benign, scorer, layers=layers, ablate_layers=layers,
+                                 k=c["benign_ablation_k"])  # fmt: skip
+    return sel
 
 
 def stage_defense(ctx: Context) -> dict:
     c, model = ctx.config, _model(ctx)
     d, _ = _direction_and_scorer(ctx)
     probe = load_probe(ctx.out / "probes" / "harmful-intent.safetensors", model)
+    extra = {}
+    if c["jailbreak_probe"]:
+        extra["jailbreak"] = load_probe(ctx.out / "probes" / "jailbreak-attempt.safetensors", model)
+    sel = _benign_ablation(ctx, model, d, [probe, *extra.values()])
+    dirs = sel.directions
     h_va, b_va = _p("harmful", "val", c["limit"]), _p("harmless", "val", c["limit"])
     cast = compare.cast_condition(model, d, h_va, b_va)
-    sets = _sets(c)
+    sets = _sets(c, wrapped_harmless=True)
     coeff = float(ctx.results["steering"]["addition"]["coeff"])
     recheck = _recheck_threshold(ctx, model, probe)
+    kw = dict(max_new_tokens=c["gen_tokens"], coeff=coeff, recheck_threshold=recheck,
+              extra_probes=extra, ablate_directions=dirs)  # fmt: skip
     table = compare.compare_defenses(
-        compare.standard_defenses(model, probe, d, cast, max_new_tokens=c["gen_tokens"],
-                                  modes=c["defense_modes"], coeff=coeff,
-                                  recheck_threshold=recheck),
+        compare.standard_defenses(model, probe, d, cast, modes=c["defense_modes"], **kw),
         sets, progress=ctx.log,
     )  # fmt: skip
     attack_sets = {k: v[: c["attack_n"]] for k, v in sets.items() if k in ("harmful", "jailbreak")}
     attacked = {} if not c["attack_n"] else compare.compare_defenses(
-        compare.standard_defenses(model, probe, d, cast, max_new_tokens=c["gen_tokens"],
-                                  modes=("steer", "calibrate", "block"), attack=True, coeff=coeff,
-                                  recheck_threshold=recheck),
+        compare.standard_defenses(model, probe, d, cast, modes=("steer", "calibrate", "block"),
+                                  attack=True, **kw),
         attack_sets, progress=ctx.log,
     )  # fmt: skip
     sweep = compare.threshold_sweep(model, probe, sets["harmful"] + sets["jailbreak"],
@@ -202,13 +245,17 @@ def stage_defense(ctx: Context) -> dict:
 
     ov = {}
     for mode in c["defense_modes"] if c["overhead_n"] else ():
-        gate = GatedRefusal(model, probe, d, mode=mode, coeff=coeff, recheck_threshold=recheck)
+        gate = GatedRefusal(model, {"intent": probe, **extra}, d, mode=mode, coeff=coeff,
+                            recheck_threshold=recheck, ablate_directions=dirs)  # fmt: skip
         ov[mode] = compare.overhead(model, gate, sets["harmless"][: c["overhead_n"]],
                                     c["gen_tokens"])  # fmt: skip
     return {"table": table, "under_ablation_attack": attacked, "threshold_sweep": sweep,
             "cast_threshold": cast.threshold, "cast_layer": cast.layer, "overhead": ov,
             "coeff": coeff, "probe_threshold": probe.threshold,
-            "recheck_threshold": recheck}  # fmt: skip
+            "recheck_threshold": recheck, "gate_probes": ["intent", *extra],
+            "benign_ablation": {"directions": [[x.position, x.layer] for x in dirs],
+                                "baseline": sel.baseline,
+                                "steps": [{str(k): v for k, v in st.items()} for st in sel.steps]}}  # fmt: skip
 
 
 def _recheck_threshold(ctx: Context, model, probe) -> float:
@@ -274,14 +321,22 @@ def run_demo(
         return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 4, **after}
 
     def probe_hash(tag: str) -> str:  # the trained probe itself, not just its layer
-        return sha256_file(ctx.out / "probes" / f"harmful-intent{tag}.safetensors")
+        return probe_hash_of(f"harmful-intent{tag}")
+
+    def probe_hash_of(name: str) -> str:
+        return sha256_file(ctx.out / "probes" / f"{name}.safetensors")
 
     run_stage(ctx, "probe", stage_probe, key("probe"))
     run_stage(ctx, "refusal", stage_refusal, key("refusal"))
     run_stage(ctx, "steering", stage_steering, key("steering", after=ctx.results["refusal"]))
+    if cfg["jailbreak_probe"]:
+        run_stage(ctx, "jailbreak_probe", stage_jailbreak_probe,
+                  key("jailbreak_probe",
+                      long_data=sha256_file(data.datasets_dir() / "benign_long.jsonl")))  # fmt: skip
+    jb_hash = probe_hash_of("jailbreak-attempt") if cfg["jailbreak_probe"] else None
     run_stage(ctx, "defense", stage_defense,
               key("defense", after=[ctx.results["refusal"], probe_hash(""),
-                                    ctx.results["steering"]["addition"]]))  # fmt: skip
+                                    ctx.results["steering"]["addition"], jb_hash]))  # fmt: skip
     if cfg["smollm"]:
         run_stage(ctx, "probe_smollm",
                   lambda cx: stage_probe(cx, "smollm2-135m-instruct", "-smollm"),

@@ -14,6 +14,7 @@ SECTIONS = [
     ("probe", "Harmful-intent probe", ["probe_sweep", "probe_scores", "probe_pca"]),
     ("probe_smollm", "Harmful-intent probe on smollm2-135m-instruct (never refuses)",
      ["probe_sweep-smollm", "probe_scores-smollm", "probe_pca-smollm"]),
+    ("jailbreak_probe", "Jailbreak-attempt probe (second gate signal)", ["jailbreak_scores"]),
     ("refusal", "Refusal direction", ["refusal_candidates"]),
     ("steering", "Ablation and addition", ["refusal_coeff_sweep"]),
     ("defense", "Probe-gated defenses vs baselines", ["defense_tradeoff"]),
@@ -62,6 +63,12 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
         "benign prompts with scary words",
     )
     add("probe leave-one-category-out AUROC", s.get("loco_mean_auroc"))
+    j = _get(st, "jailbreak_probe", "summary", default={})
+    add("jailbreak probe flagged, harmful in held-out wrappers", j.get("jailbreak_harmful_flagged"),
+        f"harmless in them {_fmt(j.get('jailbreak_harmless_flagged'))}")  # fmt: skip
+    add("jailbreak probe flagged, long benign test", j.get("long_benign_flagged"),
+        f"bare harmless {_fmt(j.get('bare_harmless_flagged'))}, "
+        f"borderline {_fmt(j.get('borderline_flagged'))}")  # fmt: skip
     s2 = _get(st, "probe_smollm", "summary", default={})
     add("smollm probe test AUROC", s2.get("test_auroc"), "model never refuses")
     r = _get(st, "steering", "rates", default={})
@@ -83,7 +90,12 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
         row = table[name]
         vals = "/".join(_fmt(_get(row, k, "refusal_rate")) for k in ("harmful", "jailbreak",
                                                                      "harmless", "borderline"))  # fmt: skip
-        rows.append((f"defense {name}", vals, "refusal: harmful/jailbreak/harmless/borderline"))
+        note = "refusal: harmful/jailbreak/harmless/borderline"
+        if "jailbreak-harmless" in row:
+            note += (
+                f"; harmless in jailbreaks {_fmt(_get(row, 'jailbreak-harmless', 'refusal_rate'))}"
+            )
+        rows.append((f"defense {name}", vals, note))
     for mode, ov in (_get(st, "defense", "overhead", default={}) or {}).items():
         add(f"defense overhead ({mode})", _get(ov, "overhead"), "vs plain generation")
     for name, row in _get(st, "defense_smollm", "table", default={}).items():

@@ -23,6 +23,7 @@ import torch
 
 from probes.metrics import calibrate_threshold
 from probes.models import LoadedModel
+from probes.probe import Probe
 from probes.record import record
 from steering.defense import CosineCondition, GatedRefusal
 from steering.directions import Direction
@@ -88,12 +89,18 @@ def standard_defenses(
     coeff: float = 1.0,
     attack: bool = False,
     recheck_threshold: float | None = None,
+    extra_probes: Mapping[str, Probe] | None = None,
+    ablate_directions: Sequence[Direction] | None = None,
 ) -> dict[str, Runner]:
     """The comparison set: none, always-on addition, CAST-style gate, probe gate per mode.
 
     With ``attack=True`` every defense runs under a white-box ablation of the
     refusal direction (the attacker removes it everywhere). ``recheck_threshold``
     is the probe gates' token-level threshold (see ``GatedRefusal.calibrate_recheck``).
+    ``extra_probes`` (e.g. ``{"jailbreak": probe}``) join the harmful-intent probe in an
+    OR gate and ``ablate_directions`` replace the direction the two-sided modes ablate;
+    given either, the row ``intent-gate/block`` keeps the intent probe alone with the
+    refusal direction alone, for comparison.
     """
     atk = direction if attack else None
     pre = (lambda: ablate(model, direction)) if attack else None
@@ -104,11 +111,16 @@ def standard_defenses(
         )
     cast_def = GatedRefusal(model, cast, direction, mode="steer", coeff=coeff, recheck=False)
     runners["cast-gate"] = gated_runner(cast_def, max_new_tokens, atk)
+    gate_probes = {"intent": probe, **(extra_probes or {})}
     for mode in modes:
-        d = GatedRefusal(
-            model, probe, direction, mode=mode, coeff=coeff, recheck_threshold=recheck_threshold
-        )
+        d = GatedRefusal(model, gate_probes, direction, mode=mode, coeff=coeff,
+                         recheck_threshold=recheck_threshold,
+                         ablate_directions=ablate_directions)  # fmt: skip
         runners[f"probe-gate/{mode}"] = gated_runner(d, max_new_tokens, atk)
+    if extra_probes or ablate_directions is not None:
+        d = GatedRefusal(model, probe, direction, mode="block", coeff=coeff,
+                         recheck_threshold=recheck_threshold)  # fmt: skip
+        runners["intent-gate/block"] = gated_runner(d, max_new_tokens, atk)
     return runners
 
 

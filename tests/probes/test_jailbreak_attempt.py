@@ -9,6 +9,7 @@ from probes.jailbreak_attempt import (
     control_prompts,
     evaluate_jailbreak_attempt,
     jailbreak_task_set,
+    template_split,
     train_jailbreak_attempt,
 )
 
@@ -20,19 +21,28 @@ def test_task_set__wraps_half_in_training_templates_and_adds_long_benign():
     assert set(ts.labels[cats == "wrapped"]) == {1}
     assert set(ts.labels[cats != "wrapped"]) == {0}
     assert 0 < len(wrapped) < (cats == "bare").sum()
+    fit_t, val_t = template_split()
     train_t, held = template_groups()
-    heads = [t.template.split("{prompt}")[0][:40] for t in train_t]
-    held_heads = [t.template.split("{prompt}")[0][:40] for t in held]
-    assert all(any(p.startswith(h) for h in heads) for p in wrapped)
-    assert not any(p.startswith(h) for p in wrapped for h in held_heads if h)
+    assert sorted(t.id for t in fit_t + val_t) == sorted(t.id for t in train_t)
+    assert len(val_t) == len(train_t) // 5 and not {t.id for t in fit_t} & {t.id for t in val_t}
+    used = {t.id for p in wrapped for t in train_t + held if _wrapped_by(p, t)}
+    assert used and used <= {t.id for t in fit_t}
     long = [p for p, c in zip(ts.prompts, cats) if c.startswith("long:")]
     assert len(long) == 3 * len(set(long)) and set(long) <= set(
         data.prompts("benign_long", "train")
     )
 
 
+def _wrapped_by(prompt, template):
+    before, after = template.template.split("{prompt}")
+    return prompt.startswith(before) and prompt.endswith(after)
+
+
 def test_task_set__val_uses_only_val_prompts_and_bad_input():
     ts = jailbreak_task_set("val")
+    wrapped = [p for p, c in zip(ts.prompts, ts.categories) if c == "wrapped"]
+    _, val_t = template_split()
+    assert all(any(_wrapped_by(p, t) for t in val_t) for p in wrapped)
     bare = {p for p, c in zip(ts.prompts, ts.categories) if c == "bare"}
     assert bare == set(data.prompts("harmful", "val")) | set(data.prompts("harmless", "val"))
     assert set(control_prompts()) >= set(data.prompts("benign_long", "val"))

@@ -105,6 +105,17 @@ def test_cli__probe_train_score_generate_on_tiny(tiny_dir, tmp_path, capsys):
         True,
         True,
     ]
+    # two probes (an OR gate): the second is reported in fired_by
+    assert main(["generate", "--model", str(tiny_dir), "--prompts", str(prompts), "--defense",
+                 "gated", "--probe", str(probe), "--also-probe", str(probe), "--mode", "block",
+                 "--max-new-tokens", "3", "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    for r in doc["results"]:
+        assert r["fired_by"] == (["probe", "probe1"] if r["gated"] else [])
+    assert main(["generate", "--model", str(tiny_dir), "--prompts", str(prompts), "--defense",
+                 "gated", "--probe", str(probe), "--ablate-direction", str(probe),
+                 "--mode", "block"]) == 2  # fmt: skip
+    assert "--ablate-direction needs --direction" in capsys.readouterr().err
 
 
 def test_cli__probe_train_no_extra_trains_on_the_main_sets_only(tiny_dir, tmp_path, capsys):
