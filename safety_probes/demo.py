@@ -218,7 +218,14 @@ def stage_defense(ctx: Context) -> dict:
     cast = compare.cast_condition(model, d, h_va, b_va)
     sets = _sets(c, wrapped_harmless=True)
     coeff = float(ctx.results["steering"]["addition"]["coeff"])
-    recheck = _recheck_threshold(ctx, model, probe)
+    from steering.defense import GatedRefusal
+
+    gates = {"intent": probe, **extra}
+    plain = _recheck_threshold(ctx, GatedRefusal(model, probe, mode="block"))
+    benign_path = _recheck_threshold(ctx, GatedRefusal(model, gates, d, mode="block",
+                                                       ablate_directions=dirs))  # fmt: skip
+    # steer never ablates; the two-sided modes answer benign prompts with the ablation on
+    recheck = {"steer": plain, "calibrate": benign_path, "block": benign_path, "intent": plain}
     kw = dict(max_new_tokens=c["gen_tokens"], coeff=coeff, recheck_threshold=recheck,
               extra_probes=extra, ablate_directions=dirs)  # fmt: skip
     table = compare.compare_defenses(
@@ -241,12 +248,10 @@ def stage_defense(ctx: Context) -> dict:
     gens += [{"defense": k, "set": s, "attack": "ablate", **g} for k, row in attacked.items()
              for s, v in row.items() for g in v.pop("generations")]  # fmt: skip
     ctx.write_jsonl("defense/generations.jsonl", gens)
-    from steering.defense import GatedRefusal
-
     ov = {}
     for mode in c["defense_modes"] if c["overhead_n"] else ():
-        gate = GatedRefusal(model, {"intent": probe, **extra}, d, mode=mode, coeff=coeff,
-                            recheck_threshold=recheck, ablate_directions=dirs)  # fmt: skip
+        gate = GatedRefusal(model, gates, d, mode=mode, coeff=coeff,
+                            recheck_threshold=recheck[mode], ablate_directions=dirs)  # fmt: skip
         ov[mode] = compare.overhead(model, gate, sets["harmless"][: c["overhead_n"]],
                                     c["gen_tokens"])  # fmt: skip
     return {"table": table, "under_ablation_attack": attacked, "threshold_sweep": sweep,
@@ -258,18 +263,16 @@ def stage_defense(ctx: Context) -> dict:
                                 "steps": [{str(k): v for k, v in st.items()} for st in sel.steps]}}  # fmt: skip
 
 
-def _recheck_threshold(ctx: Context, model, probe) -> float:
+def _recheck_threshold(ctx: Context, gate) -> float:
     """The gate's token-level threshold, calibrated on benign generations (val splits).
 
     The benign sets (``recheck_sets``, val splits) are harmless plus borderline:
     answers to benign requests with alarming words use alarming words too, and a
     threshold calibrated on plain harmless answers alone fired on 4 of 20 borderline
-    test answers (2026-12-02, qwen, block mode).
+    test answers (2026-12-02, qwen, block mode). A two-sided ``gate`` generates them
+    with its ablation on, as it answers benign prompts.
     """
-    from steering.defense import GatedRefusal
-
     c = ctx.config
-    gate = GatedRefusal(model, probe, mode="block")
     benign = [p for name in c["recheck_sets"] for p in _p(name, "val", c["recheck_n"])]
     return gate.calibrate_recheck(benign, fpr=0.01, max_new_tokens=c["gen_tokens"])
 
@@ -283,7 +286,7 @@ def stage_defense_smollm(ctx: Context) -> dict:
     runners = {"none": compare.plain_runner(model, c["gen_tokens"])}
     from steering.defense import GatedRefusal
 
-    recheck = _recheck_threshold(ctx, model, probe)
+    recheck = _recheck_threshold(ctx, GatedRefusal(model, probe, mode="block"))
     gate = GatedRefusal(model, probe, mode="block", recheck_threshold=recheck)
     runners["probe-gate/block"] = compare.gated_runner(gate, c["gen_tokens"])
     table = compare.compare_defenses(runners, sets, progress=ctx.log)
@@ -336,7 +339,8 @@ def run_demo(
     jb_hash = probe_hash_of("jailbreak-attempt") if cfg["jailbreak_probe"] else None
     run_stage(ctx, "defense", stage_defense,
               key("defense", after=[ctx.results["refusal"], probe_hash(""),
-                                    ctx.results["steering"]["addition"], jb_hash]))  # fmt: skip
+                                    ctx.results["steering"]["addition"], jb_hash],
+                  recheck="benign path"))  # fmt: skip
     if cfg["smollm"]:
         run_stage(ctx, "probe_smollm",
                   lambda cx: stage_probe(cx, "smollm2-135m-instruct", "-smollm"),

@@ -88,7 +88,7 @@ def standard_defenses(
     modes: Sequence[str] = ("steer", "calibrate", "block"),
     coeff: float = 1.0,
     attack: bool = False,
-    recheck_threshold: float | None = None,
+    recheck_threshold: float | Mapping[str, float] | None = None,
     extra_probes: Mapping[str, Probe] | None = None,
     ablate_directions: Sequence[Direction] | None = None,
 ) -> dict[str, Runner]:
@@ -96,7 +96,8 @@ def standard_defenses(
 
     With ``attack=True`` every defense runs under a white-box ablation of the
     refusal direction (the attacker removes it everywhere). ``recheck_threshold``
-    is the probe gates' token-level threshold (see ``GatedRefusal.calibrate_recheck``).
+    is the probe gates' token-level threshold (see ``GatedRefusal.calibrate_recheck``),
+    one for all or one per mode (a mapping; ``intent-gate/block`` reads key ``"intent"``).
     ``extra_probes`` (e.g. ``{"jailbreak": probe}``) join the harmful-intent probe in an
     OR gate and ``ablate_directions`` replace the direction the two-sided modes ablate;
     given either, the row ``intent-gate/block`` keeps the intent probe alone with the
@@ -112,14 +113,20 @@ def standard_defenses(
     cast_def = GatedRefusal(model, cast, direction, mode="steer", coeff=coeff, recheck=False)
     runners["cast-gate"] = gated_runner(cast_def, max_new_tokens, atk)
     gate_probes = {"intent": probe, **(extra_probes or {})}
+
+    def recheck(key: str) -> float | None:
+        if isinstance(recheck_threshold, Mapping):
+            return recheck_threshold[key]
+        return recheck_threshold
+
     for mode in modes:
         d = GatedRefusal(model, gate_probes, direction, mode=mode, coeff=coeff,
-                         recheck_threshold=recheck_threshold,
+                         recheck_threshold=recheck(mode),
                          ablate_directions=ablate_directions)  # fmt: skip
         runners[f"probe-gate/{mode}"] = gated_runner(d, max_new_tokens, atk)
     if extra_probes or ablate_directions is not None:
         d = GatedRefusal(model, probe, direction, mode="block", coeff=coeff,
-                         recheck_threshold=recheck_threshold)  # fmt: skip
+                         recheck_threshold=recheck("intent"))  # fmt: skip
         runners["intent-gate/block"] = gated_runner(d, max_new_tokens, atk)
     return runners
 

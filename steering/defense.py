@@ -347,9 +347,13 @@ class GatedRefusal:
         max_new_tokens: int = 32,
         max_batch: int = 16,
     ) -> float:
-        """Set :attr:`recheck_threshold` from undefended generations on benign prompts.
+        """Set :attr:`recheck_threshold` from generations on benign prompts.
 
-        Each benign prompt is generated greedily with only the probe attached; its
+        Each benign prompt is generated greedily as this defense treats a benign
+        prompt: with only the probe attached, and in two-sided modes with the
+        ablation on (the benign path; the answers it gives are what the re-check will
+        read: on qwen2.5-coder-0.5b a threshold calibrated on unablated answers fired
+        on the ablated answer to a benign harmless test prompt). Its
         score is the maximum over its generated tokens (the re-check's statistic),
         and the threshold is the ``1 - fpr`` quantile of those maxima (kept in
         :attr:`recheck_calibration`), so the re-check fires on about ``fpr`` of
@@ -362,7 +366,12 @@ class GatedRefusal:
             raise BadInputError("calibrate_recheck needs at least one benign prompt")
         model = self.model
         maxima = [float("-inf")] * len(benign)
-        with ProbeMonitor(model, self.probe) as mon:
+        benign_path = contextlib.nullcontext()
+        if self._two_sided:
+            dirs = self.ablate_directions
+            benign_path = ablate(model, dirs[0] if len(dirs) == 1 else dirs,
+                                 layers=self.ablate_layers)  # fmt: skip
+        with ProbeMonitor(model, self.probe) as mon, benign_path:
 
             def after(batch, new: Tensor) -> None:
                 tokens = mon.scores("probe")[:, 1:]  # [batch, steps]

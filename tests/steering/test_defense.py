@@ -304,3 +304,20 @@ def test_defense__bad_probe_lists(tiny, direction):
     with pytest.raises(BadInputError, match="model"):
         GatedRefusal(tiny, [a, c], direction)
     assert tiny.n_active_hooks() == 0
+
+
+def test_defense__two_sided_recheck_is_calibrated_on_the_benign_path(tiny, prompts):
+    """A two-sided gate calibrates on answers generated with its ablation on."""
+    probe = make_probe(tiny, layer=0)
+    acts = record(tiny, prompts, sites="resid_pre", layers=[1], positions="last")
+    d = Direction(acts.layer("resid_pre", 1).float().mean(0) * 4, 1, "last", tiny.identity)
+    two = GatedRefusal(tiny, probe, d, mode="block", threshold=0.0)
+    plain = GatedRefusal(tiny, probe, mode="block", threshold=0.0)
+    t_two = two.calibrate_recheck(prompts, max_new_tokens=6)
+    t_plain = plain.calibrate_recheck(prompts, max_new_tokens=6)
+    with ablate(tiny, d, layers=two.ablate_layers):
+        t_inside = GatedRefusal(tiny, probe, mode="block", threshold=0.0).calibrate_recheck(
+            prompts, max_new_tokens=6
+        )
+    assert t_two == t_inside and t_two != t_plain
+    assert tiny.n_active_hooks() == 0
