@@ -282,8 +282,7 @@ class GatedRefusal:
                 stack.enter_context(add(self.model, self.direction, coeff=self.coeff,
                                         mask=self._steer_mask))  # fmt: skip
             if self._two_sided:
-                dirs = self.ablate_directions
-                stack.enter_context(ablate(self.model, dirs[0] if len(dirs) == 1 else dirs,
+                stack.enter_context(ablate(self.model, self.ablate_directions,
                                            mask=self._ablate_mask,
                                            layers=self.ablate_layers))  # fmt: skip
         except BaseException:
@@ -368,9 +367,7 @@ class GatedRefusal:
         maxima = [float("-inf")] * len(benign)
         benign_path = contextlib.nullcontext()
         if self._two_sided:
-            dirs = self.ablate_directions
-            benign_path = ablate(model, dirs[0] if len(dirs) == 1 else dirs,
-                                 layers=self.ablate_layers)  # fmt: skip
+            benign_path = ablate(model, self.ablate_directions, layers=self.ablate_layers)
         with ProbeMonitor(model, self.probe) as mon, benign_path:
 
             def after(batch, new: Tensor) -> None:

@@ -100,10 +100,11 @@ def ablate(
     ablates their whole span: ``x <- x - (x B^T) B`` with ``B [k, d_model]`` an
     orthonormal basis of it (see :func:`orthonormal_basis`).
     """
-    if isinstance(direction, (Direction, Tensor)):
-        basis = unit_vector(model, direction)[None, :]
+    dirs = [direction] if isinstance(direction, (Direction, Tensor)) else list(direction)
+    if len(dirs) == 1:  # the plain projection, bit-identical to earlier releases
+        basis = unit_vector(model, dirs[0])[None, :]
     else:
-        basis = orthonormal_basis(model, list(direction))
+        basis = orthonormal_basis(model, dirs)
     basis = basis.to(model.device)  # [k, d_model]
     layers = range(model.n_layers) if layers is None else layers
     for layer in layers:

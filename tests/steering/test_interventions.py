@@ -135,7 +135,7 @@ def test_ablate__a_one_element_list_equals_the_direction(tiny, prompts, directio
         one = last_logits(tiny, prompts)
     with ablate(tiny, [direction]):
         listed = last_logits(tiny, prompts)
-    assert torch.allclose(one, listed, atol=1e-5)
+    assert torch.equal(one, listed)
 
 
 def test_ablate__dependent_or_empty_directions_are_refused(tiny, prompts, direction):
