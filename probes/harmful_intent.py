@@ -11,8 +11,8 @@ Training adds the ``benign_alarming`` hard negatives and the ``harmful_extra`` /
 ``harmless_extra`` supplements (all train only; ``extra=False`` leaves out the
 supplements). Selection
 (layer, position, method) is on val: TPR at the control-calibrated threshold, then
-AUROC, optionally only among probes that flag at most ``max_flagged`` of the borderline
-val split. Evaluation
+AUROC, only among probes that flag at most ``max_flagged`` (default 10%) of the
+borderline val split. Evaluation
 (all thresholds calibrated on a benign control set that is never the test set:
 the harmless val split):
 
@@ -152,6 +152,14 @@ def _rec(model: LoadedModel, prompts: Sequence[str], layers, position: str) -> A
 # control threshold 0.65 at C=1 vs 0.83 at C=0.03 for the mean of layer 14).
 DEFAULT_METHODS = ("logistic(C=0.003)", "logistic(C=0.03)", "logistic(C=0.3)")
 
+# A probe that gates a defense must not flag benign requests that merely use alarming
+# words. Selected by val TPR alone, smollm2-135m's probe (layer 20) flagged 21% of the
+# borderline val split and 7.1% of harmless test prompts at a threshold calibrated for
+# 1%; among probes flagging at most 10% of borderline val it takes layer 18 (harmless
+# test 1.2%, harmful test TPR 0.905; measured 2026-12-03). Qwen's choice is the same
+# with or without the bound.
+MAX_FLAGGED = 0.1
+
 
 def train_harmful_intent(
     model: LoadedModel,
@@ -163,7 +171,7 @@ def train_harmful_intent(
     limit: int | None = None,
     n_boot: int = 1000,
     select_by: str = "tpr",
-    max_flagged: float | None = None,
+    max_flagged: float | None = MAX_FLAGGED,
     extra: bool = True,
 ) -> tuple[Probe, SweepResult, dict[str, Activations]]:
     """Record the task, sweep layers and positions (selected on val, never test).
@@ -182,6 +190,7 @@ def train_harmful_intent(
             split (benign prompts with alarming words) at their calibrated threshold
             compete; if none does, the one flagging the fewest wins. Every sweep row gets
             ``borderline_val_flagged``. None: no such constraint (and no recording).
+            Default :data:`MAX_FLAGGED`.
         extra: train on the ``harmful_extra`` / ``harmless_extra`` supplements too
             (default; pass the same to :func:`evaluate_harmful_intent`).
         limit: use at most this many prompts per set and split (fast runs).
@@ -189,6 +198,8 @@ def train_harmful_intent(
     Returns:
         ``(best probe, the sweep at the best probe's position, activations)``.
     """
+    if max_flagged is not None and not 0.0 <= max_flagged <= 1.0:
+        raise BadInputError(f"max_flagged must be a fraction in [0, 1] or None, got {max_flagged}")
     layers = "all" if layer == "auto" else parse_layers(layer, model.n_layers)
     positions = [position] if isinstance(position, str) else list(position)
     tr, va = task_set("train", limit=limit, extra=extra), task_set("val", limit=limit)

@@ -88,6 +88,7 @@ def cmd_probe_train(args: argparse.Namespace) -> None:
     if args.data != "harmful-intent":
         raise BadInputError(f"unknown task {args.data!r}; available: harmful-intent")
     layer = args.layer if args.layer == "auto" else _int(args.layer, "--layer")
+    max_flagged = _fraction_or_none(args.max_flagged, "--max-flagged")
     if args.method is not None:
         for m in args.method:
             make_estimator(m)  # a bad spelling fails before the model loads
@@ -95,7 +96,7 @@ def cmd_probe_train(args: argparse.Namespace) -> None:
     method = args.method or DEFAULT_METHODS
     extra = not args.no_extra
     probe, sweep, acts = train_harmful_intent(model, method=method, layer=layer, limit=args.limit,
-                                              extra=extra)  # fmt: skip
+                                              extra=extra, max_flagged=max_flagged)  # fmt: skip
     report = evaluate_harmful_intent(model, probe, train_acts=acts["train"], limit=args.limit,
                                      extra=extra)  # fmt: skip
     report.pop("scores")
@@ -115,6 +116,18 @@ def _read_prompts_file(path: str) -> list[str]:
     if not Path(path).is_file():
         raise BadInputError(f"prompts file {path} does not exist")
     return [r.prompt for r in ds.load_jsonl(path)]
+
+
+def _fraction_or_none(text: str, flag: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise BadInputError(f"{flag} must be a fraction in [0, 1] or 'none', got {text!r}")
+    return value
 
 
 def _int(text: str, flag: str) -> int:
@@ -251,6 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from probes.harmful_intent import MAX_FLAGGED
     from probes.zoo import DEFAULT_MODEL
 
     p = _Parser(prog="safety-probes", description=__doc__.splitlines()[0])
@@ -304,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-extra",
         action="store_true",
         help="train without the harmful_extra / harmless_extra supplements",
+    )
+    sp.add_argument(
+        "--max-flagged",
+        default=str(MAX_FLAGGED),
+        metavar="FRACTION",
+        help="only probes flagging at most this fraction of the borderline val split "
+        f"compete (default {MAX_FLAGGED}; 'none' for no bound)",
     )
     sp.add_argument("--out", required=True)
     sp = psub.add_parser("score", help="score prompts with a saved probe")

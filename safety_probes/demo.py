@@ -19,6 +19,7 @@ from probes import data, load_model, load_probe
 from probes.errors import BadInputError
 from probes.harmful_intent import (
     DEFAULT_METHODS,
+    MAX_FLAGGED,
     control_set,
     evaluate_harmful_intent,
     jailbreak_test,
@@ -47,7 +48,7 @@ FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr"
             attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=32,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0),
-            jailbreak_probe=True, benign_ablation_k=1)  # fmt: skip
+            jailbreak_probe=True, benign_ablation_k=1, max_flagged=MAX_FLAGGED)  # fmt: skip
 FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, extra=True,
             refusal_train=8, refusal_val=4,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
@@ -55,13 +56,13 @@ FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, 
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0), jailbreak_probe=True,
-            benign_ablation_k=1)  # fmt: skip
+            benign_ablation_k=1, max_flagged=MAX_FLAGGED)  # fmt: skip
 
 
 # The settings each stage reads: a stage's cache is reused unless one of these changes
 # (or its data, model, upstream results or the pipeline version).
 STAGE_SETTINGS = {
-    "probe": ("limit", "methods", "select_by", "n_boot", "extra"),
+    "probe": ("limit", "methods", "select_by", "n_boot", "extra", "max_flagged"),
     "refusal": ("refusal_train", "refusal_val", "screen", "finalists", "cand_layers",
                 "cand_positions"),
     "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_grid",
@@ -92,7 +93,7 @@ def stage_probe(ctx: Context, model_name: str | None = None, tag: str = "") -> d
     c, model = ctx.config, _model(ctx, model_name)
     probe, sweep, acts = train_harmful_intent(model, method=c["methods"], limit=c["limit"],
                                               n_boot=c["n_boot"], select_by=c["select_by"],
-                                              extra=c["extra"])  # fmt: skip
+                                              extra=c["extra"], max_flagged=c["max_flagged"])  # fmt: skip
     report = evaluate_harmful_intent(model, probe, train_acts=acts["train"], limit=c["limit"],
                                      n_boot=c["n_boot"], extra=c["extra"])  # fmt: skip
     probe.threshold = report["threshold"]

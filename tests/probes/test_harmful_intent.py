@@ -38,12 +38,27 @@ def test_train__selection_prefers_probes_under_the_borderline_val_bound(tiny, ma
 
 
 def test_train__without_the_bound_nothing_extra_is_recorded(tiny):
-    probe, sweep, acts = train_harmful_intent(tiny, method="mean-diff", limit=4, n_boot=10)
+    probe, sweep, acts = train_harmful_intent(tiny, method="mean-diff", limit=4, n_boot=10,
+                                              max_flagged=None)  # fmt: skip
     assert "borderline_val" not in acts
     assert all("borderline_val_flagged" not in r for r in sweep.rows)
     top = sweep.ranked(by="tpr")[0]  # the returned sweep is the chosen probe's position's
     assert (probe.method, probe.layer, probe.position) == (top["method"], top["layer"],
                                                            sweep.position)  # fmt: skip
+
+
+def test_train__bounds_the_borderline_flag_rate_by_default(tiny):
+    from probes.harmful_intent import MAX_FLAGGED
+
+    _, sweep, acts = train_harmful_intent(tiny, method="mean-diff", limit=4, n_boot=10)
+    assert MAX_FLAGGED == 0.1 and "borderline_val" in acts
+    assert all("borderline_val_flagged" in r for r in sweep.rows)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_train__a_bound_outside_0_1_is_refused_before_recording(tiny, bad):
+    with pytest.raises(BadInputError, match=r"max_flagged must be a fraction in \[0, 1\]"):
+        train_harmful_intent(tiny, method="mean-diff", limit=4, n_boot=10, max_flagged=bad)
 
 
 def test_evaluate__extra_training_set_matches_between_train_and_evaluate(tiny):

@@ -146,6 +146,8 @@ def test_cli__probe_train_no_extra_trains_on_the_main_sets_only(tiny_dir, tmp_pa
         ["probe", "train", "--data", "nope", "--out", "p.safetensors"],
         ["probe", "train", "--method", "logistic(C=0.1)", "svm", "--out", "p.safetensors"],
         ["probe", "train", "--method", "logistic(gamma=2)", "--out", "p.safetensors"],
+        ["probe", "train", "--max-flagged", "1.5", "--out", "p.safetensors"],
+        ["probe", "train", "--max-flagged", "often", "--out", "p.safetensors"],
         ["probe", "score", "--probe", "missing.safetensors", "--prompts", "missing.jsonl"],
         ["generate", "--prompts", "missing.jsonl"],
         ["demo", "--out", "afile"],
