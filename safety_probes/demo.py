@@ -71,7 +71,7 @@ STAGE_SETTINGS = {
     "defense": ("limit", "defense_n", "recheck_n", "recheck_sets", "attack_n", "overhead_n",
                 "gen_tokens", "defense_modes", "jailbreak_probe", "benign_ablation_k",
                 "refusal_train"),
-    "defense_smollm": ("defense_n", "recheck_n", "recheck_sets", "gen_tokens"),
+    "defense_smollm": ("defense_n", "recheck_n", "recheck_sets", "gen_tokens", "jailbreak_probe"),
     "backdoor": ("fast",),
 }  # fmt: skip
 
@@ -174,16 +174,16 @@ def _sets(c: dict, wrapped_harmless: bool = False) -> dict[str, list[str]]:
     return sets
 
 
-def stage_jailbreak_probe(ctx: Context) -> dict:
+def stage_jailbreak_probe(ctx: Context, model_name: str | None = None, tag: str = "") -> dict:
     """The jailbreak-attempt probe (``probes.jailbreak_attempt``), a second gate signal."""
     from probes.jailbreak_attempt import evaluate_jailbreak_attempt, train_jailbreak_attempt
 
-    c, model = ctx.config, _model(ctx)
+    c, model = ctx.config, _model(ctx, model_name)
     probe, sweep, _ = train_jailbreak_attempt(model, limit=c["limit"], n_boot=c["n_boot"])
-    path = ctx.out / "probes" / "jailbreak-attempt.safetensors"
+    path = ctx.out / "probes" / f"jailbreak-attempt{tag}.safetensors"
     probe.save(path)
     ev = evaluate_jailbreak_attempt(model, probe, limit=c["limit"])
-    ctx.figure("jailbreak_scores", score_histogram(ev.pop("scores"), probe.threshold))
+    ctx.figure(f"jailbreak_scores{tag}", score_histogram(ev.pop("scores"), probe.threshold))
     rows = [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in sweep.table()]
     return {"probe": str(path), "layer": probe.layer, "method": probe.method, "sweep": rows,
             **ev}  # fmt: skip
@@ -279,22 +279,37 @@ def _recheck_threshold(ctx: Context, gate) -> float:
 
 
 def stage_defense_smollm(ctx: Context) -> dict:
-    """``mode="block"`` on a model that never refuses."""
+    """``mode="block"`` on a model that never refuses (no refusal direction to ablate).
+
+    With ``jailbreak_probe`` on, the gate is the same OR of the intent probe and the
+    jailbreak-attempt probe as on the default model, and the intent probe alone is
+    run beside it (``intent-gate/block``).
+    """
     c = ctx.config
     model = _model(ctx, "smollm2-135m-instruct")
     probe = load_probe(ctx.out / "probes" / "harmful-intent-smollm.safetensors", model)
-    sets = {k: v for k, v in _sets(c).items()}
+    gates = {"intent": probe}
+    if c["jailbreak_probe"]:
+        gates["jailbreak"] = load_probe(
+            ctx.out / "probes" / "jailbreak-attempt-smollm.safetensors", model
+        )
+    sets = _sets(c, wrapped_harmless=c["jailbreak_probe"])
     runners = {"none": compare.plain_runner(model, c["gen_tokens"])}
     from steering.defense import GatedRefusal
 
+    # block without a direction generates benign prompts unsteered, whatever the gate
     recheck = _recheck_threshold(ctx, GatedRefusal(model, probe, mode="block"))
-    gate = GatedRefusal(model, probe, mode="block", recheck_threshold=recheck)
+    gate = GatedRefusal(model, gates, mode="block", recheck_threshold=recheck)
     runners["probe-gate/block"] = compare.gated_runner(gate, c["gen_tokens"])
+    if len(gates) > 1:
+        alone = GatedRefusal(model, probe, mode="block", recheck_threshold=recheck)
+        runners["intent-gate/block"] = compare.gated_runner(alone, c["gen_tokens"])
     table = compare.compare_defenses(runners, sets, progress=ctx.log)
     gens = [{"defense": k, "set": s, **g} for k, row in table.items() for s, v in row.items()
             for g in v.pop("generations")]  # fmt: skip
     ctx.write_jsonl("defense/generations-smollm.jsonl", gens)
-    return {"table": table, "probe_threshold": probe.threshold, "recheck_threshold": recheck}
+    return {"table": table, "probe_threshold": probe.threshold, "recheck_threshold": recheck,
+            "gate_probes": list(gates)}  # fmt: skip
 
 
 def stage_backdoor(ctx: Context) -> dict:
@@ -346,8 +361,15 @@ def run_demo(
         run_stage(ctx, "probe_smollm",
                   lambda cx: stage_probe(cx, "smollm2-135m-instruct", "-smollm"),
                   key("probe"))  # fmt: skip
+        jb_smollm = None
+        if cfg["jailbreak_probe"]:
+            run_stage(ctx, "jailbreak_probe_smollm",
+                      lambda cx: stage_jailbreak_probe(cx, "smollm2-135m-instruct", "-smollm"),
+                      key("jailbreak_probe",
+                          long_data=sha256_file(data.datasets_dir() / "benign_long.jsonl")))  # fmt: skip
+            jb_smollm = probe_hash_of("jailbreak-attempt-smollm")
         run_stage(ctx, "defense_smollm", stage_defense_smollm,
-                  key("defense_smollm", after=probe_hash("-smollm")))  # fmt: skip
+                  key("defense_smollm", after=[probe_hash("-smollm"), jb_smollm]))  # fmt: skip
     if cfg["backdoor"]:
         try:
             from probes.backdoor.pipeline import settings

@@ -18,6 +18,8 @@ SECTIONS = [
     ("refusal", "Refusal direction", ["refusal_candidates"]),
     ("steering", "Ablation and addition", ["refusal_coeff_sweep"]),
     ("defense", "Probe-gated defenses vs baselines", ["defense_tradeoff"]),
+    ("jailbreak_probe_smollm", "Jailbreak-attempt probe on smollm2-135m-instruct",
+     ["jailbreak_scores-smollm"]),
     ("defense_smollm", "Block mode on smollm2-135m-instruct", []),
     ("backdoor", "Backdoor triggers", ["backdoor_heatmap", "backdoor_scores", "backdoor_spectral"]),
 ]  # fmt: skip
@@ -85,9 +87,20 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
         "orthogonalised vs hook max|dlogit|",
         _get(st, "steering", "ortho_vs_hook_max_abs_logit_diff"),
     )
-    table = _get(st, "defense", "table", default={})
-    for name in table:
-        row = table[name]
+    rows += _defense_rows("defense", _get(st, "defense", "table", default={}))
+    for mode, ov in (_get(st, "defense", "overhead", default={}) or {}).items():
+        add(f"defense overhead ({mode})", _get(ov, "overhead"), "vs plain generation")
+    rows += _defense_rows("smollm", _get(st, "defense_smollm", "table", default={}))
+    for k, v in (_get(st, "backdoor", "summary", default={}) or {}).items():
+        add(f"backdoor {k}", v)
+    return rows
+
+
+def _defense_rows(prefix: str, table: dict) -> list[tuple[str, str, str]]:
+    """One summary row per defense: refusal rates on the four main sets, and the
+    wrapper-confound set where it was run."""
+    rows = []
+    for name, row in table.items():
         vals = "/".join(_fmt(_get(row, k, "refusal_rate")) for k in ("harmful", "jailbreak",
                                                                      "harmless", "borderline"))  # fmt: skip
         note = "refusal: harmful/jailbreak/harmless/borderline"
@@ -95,15 +108,7 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
             note += (
                 f"; harmless in jailbreaks {_fmt(_get(row, 'jailbreak-harmless', 'refusal_rate'))}"
             )
-        rows.append((f"defense {name}", vals, note))
-    for mode, ov in (_get(st, "defense", "overhead", default={}) or {}).items():
-        add(f"defense overhead ({mode})", _get(ov, "overhead"), "vs plain generation")
-    for name, row in _get(st, "defense_smollm", "table", default={}).items():
-        vals = "/".join(_fmt(_get(row, k, "refusal_rate")) for k in ("harmful", "jailbreak",
-                                                                     "harmless", "borderline"))  # fmt: skip
-        rows.append((f"smollm {name}", vals, "refusal: harmful/jailbreak/harmless/borderline"))
-    for k, v in (_get(st, "backdoor", "summary", default={}) or {}).items():
-        add(f"backdoor {k}", v)
+        rows.append((f"{prefix} {name}", vals, note))
     return rows
 
 

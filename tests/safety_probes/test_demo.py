@@ -51,3 +51,38 @@ def test_demo__stage_settings_name_real_config_keys():
     # every setting is read by some stage, so a changed setting never goes unnoticed
     used = {k for keys in STAGE_SETTINGS.values() for k in keys}
     assert set(FULL) - used <= {"smollm", "backdoor"}, set(FULL) - used
+
+
+@pytest.mark.slow
+def test_demo__smollm_block_stage_gates_on_both_probes(tmp_path):
+    from safety_probes.demo import (
+        FAST,
+        stage_defense_smollm,
+        stage_jailbreak_probe,
+        stage_probe,
+    )
+    from safety_probes.report import summary_rows
+    from safety_probes.stages import Context
+
+    name = "smollm2-135m-instruct"
+    ctx = Context(tmp_path / "out", dict(FAST, fast=True, model=name))
+    (tmp_path / "out").mkdir()
+    stage_probe(ctx, name, "-smollm")
+    jb = stage_jailbreak_probe(ctx, name, "-smollm")
+    assert jb["probe"].endswith("jailbreak-attempt-smollm.safetensors")
+    res = stage_defense_smollm(ctx)
+    assert res["gate_probes"] == ["intent", "jailbreak"]
+    table = res["table"]
+    assert set(table) == {"none", "probe-gate/block", "intent-gate/block"}
+    n = FAST["defense_n"]
+    for row in table.values():
+        assert set(row) == {"harmful", "jailbreak", "harmless", "borderline", "jailbreak-harmless"}
+        assert all(v["n"] == n for v in row.values())
+    # the OR gate fires wherever the intent probe alone does, on the same prompts
+    for s in table["none"]:
+        assert (
+            table["probe-gate/block"][s]["gate_rate"] >= table["intent-gate/block"][s]["gate_rate"]
+        )
+    rows = summary_rows({"stages": {"defense_smollm": res}})
+    assert [r[0] for r in rows] == [f"smollm {k}" for k in table]
+    assert "harmless in jailbreaks" in rows[1][2]
