@@ -348,10 +348,12 @@ def run_demo(
     run_stage(ctx, "probe", stage_probe, key("probe"))
     run_stage(ctx, "refusal", stage_refusal, key("refusal"))
     run_stage(ctx, "steering", stage_steering, key("steering", after=ctx.results["refusal"]))
+    # both models' jailbreak-attempt stages: same settings, data and long benign set
+    jb_key = key(
+        "jailbreak_probe", long_data=sha256_file(data.datasets_dir() / "benign_long.jsonl")
+    )
     if cfg["jailbreak_probe"]:
-        run_stage(ctx, "jailbreak_probe", stage_jailbreak_probe,
-                  key("jailbreak_probe",
-                      long_data=sha256_file(data.datasets_dir() / "benign_long.jsonl")))  # fmt: skip
+        run_stage(ctx, "jailbreak_probe", stage_jailbreak_probe, jb_key)
     jb_hash = probe_hash_of("jailbreak-attempt") if cfg["jailbreak_probe"] else None
     run_stage(ctx, "defense", stage_defense,
               key("defense", after=[ctx.results["refusal"], probe_hash(""),
@@ -365,8 +367,7 @@ def run_demo(
         if cfg["jailbreak_probe"]:
             run_stage(ctx, "jailbreak_probe_smollm",
                       lambda cx: stage_jailbreak_probe(cx, "smollm2-135m-instruct", "-smollm"),
-                      key("jailbreak_probe",
-                          long_data=sha256_file(data.datasets_dir() / "benign_long.jsonl")))  # fmt: skip
+                      jb_key)  # fmt: skip
             jb_smollm = probe_hash_of("jailbreak-attempt-smollm")
         run_stage(ctx, "defense_smollm", stage_defense_smollm,
                   key("defense_smollm", after=[probe_hash("-smollm"), jb_smollm]))  # fmt: skip
