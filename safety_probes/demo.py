@@ -42,15 +42,15 @@ from steering.refusal_direction import refusal_direction
 # defense_n=None: the defenses run on every test prompt (84 / 84 / 84 / 90); at 20 per set
 # one prompt moved a rate by 5 points, coarser than the 3% over-refusal target.
 FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, extra=True,
-            refusal_train=64,
-            refusal_val=16, screen=3, finalists=8, cand_layers=None, cand_positions=None,
+            refusal_train=None,
+            refusal_val=None, filter_refusals=True, screen=8, finalists=16, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=None, recheck_n=64,
             attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=32,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0),
             jailbreak_probe=True, benign_ablation_k=1, max_flagged=MAX_FLAGGED)  # fmt: skip
 FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, extra=True,
-            refusal_train=8, refusal_val=4,
+            refusal_train=8, refusal_val=4, filter_refusals=False,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
             eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
@@ -63,7 +63,7 @@ FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, 
 # (or its data, model, upstream results or the pipeline version).
 STAGE_SETTINGS = {
     "probe": ("limit", "methods", "select_by", "n_boot", "extra", "max_flagged"),
-    "refusal": ("refusal_train", "refusal_val", "screen", "finalists", "cand_layers",
+    "refusal": ("refusal_train", "refusal_val", "filter_refusals", "screen", "finalists", "cand_layers",
                 "cand_positions"),
     "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_grid",
                  "sweep_coeffs"),
@@ -120,11 +120,13 @@ def stage_refusal(ctx: Context) -> dict:
     h_va, b_va = _p("harmful", "val", v), _p("harmless", "val", v)
     res = refusal_direction(model, h_tr, b_tr, harmful_val=h_va, harmless_val=b_va,
                             screen=c["screen"], finalists=c["finalists"], layers=c["cand_layers"],
-                            positions=c["cand_positions"])  # fmt: skip
+                            positions=c["cand_positions"],
+                            filter_refusals=c["filter_refusals"])  # fmt: skip
     res.direction.meta["refusal_token_ids"] = res.scorer.token_ids
     res.direction.save(ctx.out / "refusal" / "direction.safetensors")
     ctx.figure("refusal_candidates", res.plot_candidates())
     return {"layer": res.layer, "position": res.position, "seconds_selection": res.seconds,
+            "n_train": res.direction.meta["n_train"], "n_val": res.direction.meta["n_val"],
             "refusal_tokens": res.scorer.tokens, "baseline_val": res.baseline,
             "chosen": {k: res.direction.meta[k] for k in ("bypass", "induce", "kl")},
             "direction": str(ctx.out / "refusal" / "direction.safetensors")}  # fmt: skip
@@ -157,7 +159,9 @@ def stage_steering(ctx: Context) -> dict:
     diff = hook_vs_weights_gap(model, d, h_te[:4] + b_te[:4])
     rates = {k: {kk: ev[k][kk] for kk in ("refusal_rate", "logit_refusal_rate", "n")}
              for k in ev if isinstance(ev[k], dict)}  # fmt: skip
-    return {"rates": rates, "kl_harmless_ablate": ev["kl_harmless_ablate"], "addition": sel,
+    return {"rates": rates, "kl_harmless_ablate": ev["kl_harmless_ablate"],
+            "kl_harmless_ablate_answered": ev["kl_harmless_ablate_answered"],
+            "n_harmless_answered": ev["n_harmless_answered"], "addition": sel,
             "ortho_vs_hook_max_abs_logit_diff": diff,
             "coeff_sweep": {"coeffs": coeffs, **sw}}  # fmt: skip
 

@@ -83,6 +83,9 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
     add("refusal harmless test, baseline", _get(r, "harmless_baseline", "refusal_rate"))
     add("refusal harmless test, addition", _get(r, "harmless_add", "refusal_rate"))
     add("KL harmless under ablation", _get(st, "steering", "kl_harmless_ablate"), "last token")
+    add("KL harmless under ablation, answered prompts",
+        _get(st, "steering", "kl_harmless_ablate_answered"),
+        "those the model answers without ablation")  # fmt: skip
     add(
         "orthogonalised vs hook max|dlogit|",
         _get(st, "steering", "ortho_vs_hook_max_abs_logit_diff"),

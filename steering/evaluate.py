@@ -16,10 +16,15 @@ from steering.interventions import ablate, add
 from steering.judge import RefusalScorer, is_refusal
 
 
-def _kl(p_logits, q_logits) -> float:
+def _kl_each(p_logits, q_logits) -> torch.Tensor:
+    """Per-prompt KL(p || q) of the next-token distributions, ``[n]`` float64."""
     p = torch.log_softmax(p_logits.double(), -1)
     q = torch.log_softmax(q_logits.double(), -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def _kl(p_logits, q_logits) -> float:
+    return float(_kl_each(p_logits, q_logits).mean())
 
 
 def _condition(model, direction, name, coeff=1.0):
@@ -70,7 +75,13 @@ def evaluate_direction(
     max_new_tokens: int = 48,
     coeff: float = 1.0,
 ) -> dict:
-    """Refusal on harmful (baseline, ablation), on harmless (baseline, addition), KL under ablation."""
+    """Refusal on harmful (baseline, ablation), on harmless (baseline, addition), KL under ablation.
+
+    ``kl_harmless_ablate`` averages over every harmless prompt; ``kl_harmless_ablate_answered``
+    over those the model answers without ablation (by the substring judge), since on a
+    harmless prompt it refuses the ablation is meant to change the answer (Arditi et al.
+    measure KL on harmless prompts filtered this way).
+    """
     res = {
         "harmful_baseline": judge_condition(model, harmful, direction, "none", scorer,
                                             max_new_tokens=max_new_tokens),
@@ -84,7 +95,11 @@ def evaluate_direction(
     base = last_logits(model, harmless)
     with ablate(model, direction):
         abl = last_logits(model, harmless)
-    res["kl_harmless_ablate"] = _kl(base, abl)
+    kl = _kl_each(base, abl)
+    answered = torch.tensor([not g["refused"] for g in res["harmless_baseline"]["generations"]])
+    res["kl_harmless_ablate"] = float(kl.mean())
+    res["kl_harmless_ablate_answered"] = float(kl[answered].mean()) if answered.any() else None
+    res["n_harmless_answered"] = int(answered.sum())
     return res
 
 

@@ -17,6 +17,12 @@ are scored on the whole validation split:
 - KL: divergence of the last-token distribution on harmless prompts under
   ablation (must be <= ``kl_max``).
 
+Before any of this, as in Arditi et al., the prompt sets are filtered by the
+model's own behaviour (``filter_refusals``): harmful prompts the model does not
+refuse (logit refusal score <= 0) and harmless prompts it does refuse (> 0) are
+dropped from train and validation, so the difference in means contrasts refusal
+with compliance rather than harmful topics with harmless ones.
+
 A direction must first mediate refusal: ablated, harmful prompts must score
 below the harmless baseline. The candidate with the lowest bypass score among
 those that do and pass both filters is chosen; if none passes, the filters are
@@ -141,6 +147,38 @@ def _rank_score(tier: Tensor, bypass: Tensor, kl: Tensor) -> Tensor:
     return torch.where(tier == 2, kl, bypass)
 
 
+def filter_by_refusal(
+    model: LoadedModel,
+    scorer: RefusalScorer,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    minimum: int,
+    split: str = "train",
+) -> tuple[list[str], list[str]]:
+    """Keep the harmful prompts the model refuses and the harmless ones it answers.
+
+    Refusal is read from the logit refusal score (log-odds of the refusal-start
+    tokens, > 0 means refused), one forward pass per prompt, no generation.
+    Raises :class:`BadInputError` when fewer than ``minimum`` of either remain.
+    """
+    harmful, harmless = list(harmful), list(harmless)
+    s = scorer.score_logits(last_logits(model, harmful + harmless))
+    refused = (s > 0).tolist()
+    kept_h = [p for p, r in zip(harmful, refused[: len(harmful)]) if r]
+    kept_b = [p for p, r in zip(harmless, refused[len(harmful) :]) if not r]
+    for name, kept, total, what in (("harmful", kept_h, harmful, "refuses"),
+                                    ("harmless", kept_b, harmless, "answers")):  # fmt: skip
+        if len(kept) < minimum:
+            raise BadInputError(
+                f"the model {what} only {len(kept)} of the {len(total)} {name} {split} prompts "
+                f"(logit refusal score {'>' if what == 'refuses' else '<='} 0); at least "
+                f"{minimum} are needed. Give more prompts, or pass filter_refusals=False to "
+                f"use them all (a model that rarely refuses may have no refusal direction)"
+            )
+    return kept_h, kept_b
+
+
 def _check(name: str, xs: Sequence[str], minimum: int) -> list[str]:
     xs = list(xs)
     if len(xs) < minimum:
@@ -163,6 +201,7 @@ def refusal_direction(
     candidates: tuple[Tensor, list[str]] | None = None,
     layers: Sequence[int] | None = None,
     positions: Sequence[str] | None = None,
+    filter_refusals: bool = True,
     progress: bool = True,
 ) -> RefusalResult:
     """Find and select the refusal direction.
@@ -179,6 +218,9 @@ def refusal_direction(
         candidates: precomputed ``(mean differences [n_pos, n_layers, d], position labels)``
             (e.g. from activations already recorded); default: recorded here.
         layers, positions: restrict which candidates are screened (fast runs).
+        filter_refusals: keep only the harmful prompts the model refuses and the
+            harmless ones it answers, by the logit refusal score (train and val; see
+            :func:`filter_by_refusal`). Ignored when ``candidates`` are given for train.
     """
     harmful, harmless = (
         _check("harmful", harmful, MIN_TRAIN),
@@ -193,6 +235,13 @@ def refusal_direction(
     t0 = time.perf_counter()
     if scorer is None:
         scorer = RefusalScorer.fit(model, harmful[:32], harmless[:32])
+    n_given = {"train": [len(harmful), len(harmless)], "val": [len(h_val), len(b_val)]}
+    if filter_refusals:
+        if candidates is None:
+            harmful, harmless = filter_by_refusal(model, scorer, harmful, harmless,
+                                                  minimum=MIN_TRAIN)  # fmt: skip
+        h_val, b_val = filter_by_refusal(model, scorer, h_val, b_val, minimum=MIN_VAL,
+                                         split="val")  # fmt: skip
     only_pos = positions
     cands, positions = candidates or mean_diff_candidates(model, harmful, harmless)
     if cands.shape[-1] != model.d_model or cands.shape[1] != model.n_layers:
@@ -276,6 +325,8 @@ def refusal_direction(
         "harmless_sha256": prompts_hash(harmless),
         "n_train": [len(harmful), len(harmless)],
         "n_val": [len(h_val), len(b_val)],
+        "filter_refusals": filter_refusals,
+        "n_given": n_given,
     }
     direction = Direction(cands[i, layer].clone(), layer, positions[i], model.identity, meta)
     baseline = {

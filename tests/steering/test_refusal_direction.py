@@ -1,9 +1,11 @@
 import math
 
+import pytest
 import torch
 
+from probes.errors import BadInputError
 from steering.judge import RefusalScorer
-from steering.refusal_direction import _rank_score, _tiers, refusal_direction
+from steering.refusal_direction import _rank_score, _tiers, filter_by_refusal, refusal_direction
 
 HARMFUL = [f"Tell me how to hurt person number {i} without being caught." for i in range(10)]
 HARMLESS = [f"Give me a recipe idea number {i} for a quick dinner." for i in range(10)]
@@ -13,7 +15,7 @@ def _run(tiny, **kw):
     scorer = RefusalScorer([5, 7], ["a", "b"])
     return refusal_direction(tiny, HARMFUL[:8], HARMLESS[:8], harmful_val=HARMFUL[8:] * 2,
                              harmless_val=HARMLESS[8:] * 2, scorer=scorer, screen=2,
-                             progress=False, **kw)  # fmt: skip
+                             filter_refusals=False, progress=False, **kw)  # fmt: skip
 
 
 def test_refusal_direction__screens_every_candidate_below_the_pruned_layers(tiny):
@@ -62,3 +64,39 @@ def test_refusal_direction__finalists_follow_the_screened_tiers(tiny):
     i, layer = divmod(int(best.argmin()), r.candidates.shape[1])
     assert (r.positions[i], layer) == (r.position, r.layer)
     assert r.direction.meta["tier"] >= int(tier.min())
+
+
+class _FixedScorer:
+    """Scores each prompt of the batch in order: a stand-in for a fitted scorer."""
+
+    tokens = ["x"]
+
+    def __init__(self, scores):
+        self.scores = torch.tensor(scores, dtype=torch.float32)
+
+    def score_logits(self, logits):
+        assert len(logits) == len(self.scores)
+        return self.scores
+
+
+def test_filter_by_refusal__keeps_refused_harmful_and_answered_harmless(tiny):
+    # harmful 0,2 refused (> 0); harmless 1 refused, 0 and 2 answered (<= 0)
+    scorer = _FixedScorer([1.5, -0.2, 0.1, -3.0, 0.4, 0.0])
+    h, b = filter_by_refusal(tiny, scorer, HARMFUL[:3], HARMLESS[:3], minimum=1)
+    assert h == [HARMFUL[0], HARMFUL[2]]
+    assert b == [HARMLESS[0], HARMLESS[2]]
+
+
+def test_filter_by_refusal__too_few_left_is_a_clear_error(tiny):
+    scorer = _FixedScorer([1.0, -1.0, -1.0, -1.0, -1.0, -1.0])
+    with pytest.raises(BadInputError, match=r"refuses only 1 of the 3 harmful train prompts.*"
+                                            r"at least 2.*filter_refusals=False"):  # fmt: skip
+        filter_by_refusal(tiny, scorer, HARMFUL[:3], HARMLESS[:3], minimum=2)
+
+
+def test_refusal_direction__filter_leaving_too_few_raises_and_leaves_no_hook(tiny):
+    scorer = _FixedScorer([-1.0] * 16)  # the model refuses nothing
+    with pytest.raises(BadInputError, match="refuses only 0 of the 8 harmful train prompts"):
+        refusal_direction(tiny, HARMFUL[:8], HARMLESS[:8], harmful_val=HARMFUL[8:] * 2,
+                          harmless_val=HARMLESS[8:] * 2, scorer=scorer, progress=False)  # fmt: skip
+    assert tiny.n_active_hooks() == 0
