@@ -36,16 +36,18 @@ from steering.orthogonalize import hook_vs_weights_gap
 from steering.plots import coeff_sweep_figure
 from steering.refusal_direction import refusal_direction
 
-# coeff_val_n=32: the addition coefficient is chosen on 32 harmless val prompts; on 8, one
-# prompt answered with sympathy ("I'm sorry to hear ...") moved a rate by 12.5 points and
-# flipped the choice.
+# coeff_val_n=None, coeff_target=0.95: the addition coefficient is the smallest that refuses
+# 95% of every harmless val prompt (84), judged on as many new tokens as the test. On 8
+# prompts, one answered with sympathy ("I'm sorry to hear ...") moved a rate by 12.5 points
+# and flipped the choice; on 32 (16 tokens) a coefficient at 0.94 on val refused 0.896 of
+# the test prompts, under the 0.9 it was aiming at, so the target has a margin.
 # defense_n=None: the defenses run on every test prompt (84 / 84 / 84 / 90); at 20 per set
 # one prompt moved a rate by 5 points, coarser than the 3% over-refusal target.
 FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, extra=True,
             refusal_train=None,
             refusal_val=None, filter_refusals=True, screen=8, finalists=16, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=None, recheck_n=64,
-            attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=32,
+            attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=None, coeff_target=0.95,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0),
             jailbreak_probe=True, benign_ablation_k=1, max_flagged=MAX_FLAGGED)  # fmt: skip
@@ -53,7 +55,7 @@ FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, 
             refusal_train=8, refusal_val=4, filter_refusals=False,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
             eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
-            overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2,
+            overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2, coeff_target=0.9,
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0), jailbreak_probe=True,
             benign_ablation_k=1, max_flagged=MAX_FLAGGED)  # fmt: skip
@@ -65,8 +67,8 @@ STAGE_SETTINGS = {
     "probe": ("limit", "methods", "select_by", "n_boot", "extra", "max_flagged"),
     "refusal": ("refusal_train", "refusal_val", "filter_refusals", "screen", "finalists", "cand_layers",
                 "cand_positions"),
-    "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_grid",
-                 "sweep_coeffs"),
+    "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_target",
+                 "coeff_grid", "sweep_coeffs"),
     "jailbreak_probe": ("limit", "n_boot"),
     "defense": ("limit", "defense_n", "recheck_n", "recheck_sets", "attack_n", "overhead_n",
                 "gen_tokens", "defense_modes", "jailbreak_probe", "benign_ablation_k",
@@ -145,7 +147,8 @@ def stage_steering(ctx: Context) -> dict:
     h_te = _p("harmful", "test", c["eval_n"])
     b_te = _p("harmless", "test", c["eval_n"])
     sel = evaluate.select_coeff(model, d, _p("harmless", "val", c["coeff_val_n"]),
-                                grid=c["coeff_grid"], max_new_tokens=c["sweep_tokens"])  # fmt: skip
+                                grid=c["coeff_grid"], target=c["coeff_target"],
+                                max_new_tokens=c["gen_tokens"])  # fmt: skip
     ev = evaluate.evaluate_direction(model, d, h_te, b_te, scorer, max_new_tokens=c["gen_tokens"],
                                      coeff=sel["coeff"])  # fmt: skip
     gens = []
