@@ -36,26 +36,37 @@ from steering.orthogonalize import hook_vs_weights_gap
 from steering.plots import coeff_sweep_figure
 from steering.refusal_direction import refusal_direction
 
-# coeff_val_n=None, coeff_target=0.95: the addition coefficient is the smallest that refuses
-# 95% of every harmless val prompt (84), judged on as many new tokens as the test. On 8
-# prompts, one answered with sympathy ("I'm sorry to hear ...") moved a rate by 12.5 points
-# and flipped the choice; on 32 (16 tokens) a coefficient at 0.94 on val refused 0.896 of
-# the test prompts, under the 0.9 it was aiming at, so the target has a margin.
+# coeff_val_n=32: the addition coefficient is chosen on 32 harmless val prompts; on 8, one
+# prompt answered with sympathy ("I'm sorry to hear ...") moved a rate by 12.5 points and
+# flipped the choice.
+# refusal_train=64, filter_refusals=False: the direction the demo's defenses were measured
+# with. REFUSAL (below; `safety-probes refusal`) selects the direction as the library does
+# by default, from every train prompt the model refuses / answers: it meets the
+# refusal-direction targets (README) but, ablated on the defenses' benign path, raised
+# block's harmless refusals from 2 to 4 of 84 through the generated-token re-check.
 # defense_n=None: the defenses run on every test prompt (84 / 84 / 84 / 90); at 20 per set
 # one prompt moved a rate by 5 points, coarser than the 3% over-refusal target.
 FULL = dict(limit=None, methods=[*DEFAULT_METHODS, "mean-diff"], select_by="tpr", n_boot=300, extra=True,
-            refusal_train=None,
-            refusal_val=None, filter_refusals=True, screen=8, finalists=16, cand_layers=None, cand_positions=None,
+            refusal_train=64,
+            refusal_val=16, filter_refusals=False, screen=3, finalists=8, cand_layers=None, cand_positions=None,
             eval_n=48, gen_tokens=24, sweep_n=8, sweep_tokens=16, defense_n=None, recheck_n=64,
-            attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=None, coeff_target=0.95,
+            attack_n=8, overhead_n=16, smollm=True, backdoor=True, coeff_val_n=32, coeff_target=0.9,
+            coeff_tokens="sweep",
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0), sweep_coeffs=(0.0, 1.0, 2.0, 4.0, 6.0),
             jailbreak_probe=True, benign_ablation_k=1, max_flagged=MAX_FLAGGED)  # fmt: skip
+# `safety-probes refusal`: Arditi et al.'s filter on every train and val prompt, a wider
+# screen, and the addition coefficient that refuses 95% of every harmless val prompt,
+# judged on as many new tokens as the test (aiming at 90% on 32 prompts with 16 tokens, a
+# coefficient at 0.94 on val refused 0.896 of the test prompts).
+REFUSAL = dict(refusal_train=None, refusal_val=None, filter_refusals=True, screen=8, finalists=16,
+               coeff_val_n=None, coeff_target=0.95, coeff_tokens="gen")  # fmt: skip
 FAST = dict(limit=6, methods=["logistic(C=0.03)"], select_by="tpr", n_boot=100, extra=True,
             refusal_train=8, refusal_val=4, filter_refusals=False,
             screen=2, finalists=2, cand_layers=[6, 10, 14], cand_positions=["eoi[-1]"],
             eval_n=4, gen_tokens=6, sweep_n=2, sweep_tokens=6, defense_n=3, recheck_n=3, attack_n=0,
             overhead_n=0, smollm=False, backdoor=False, coeff_val_n=2, coeff_target=0.9,
+            coeff_tokens="sweep",
             defense_modes=("steer", "calibrate", "block"), recheck_sets=("harmless", "borderline"),
             coeff_grid=(1.0, 2.0), sweep_coeffs=(0.0, 2.0), jailbreak_probe=True,
             benign_ablation_k=1, max_flagged=MAX_FLAGGED)  # fmt: skip
@@ -68,7 +79,7 @@ STAGE_SETTINGS = {
     "refusal": ("refusal_train", "refusal_val", "filter_refusals", "screen", "finalists", "cand_layers",
                 "cand_positions"),
     "steering": ("eval_n", "gen_tokens", "sweep_n", "sweep_tokens", "coeff_val_n", "coeff_target",
-                 "coeff_grid", "sweep_coeffs"),
+                 "coeff_tokens", "coeff_grid", "sweep_coeffs"),
     "jailbreak_probe": ("limit", "n_boot"),
     "defense": ("limit", "defense_n", "recheck_n", "recheck_sets", "attack_n", "overhead_n",
                 "gen_tokens", "defense_modes", "jailbreak_probe", "benign_ablation_k",
@@ -148,7 +159,7 @@ def stage_steering(ctx: Context) -> dict:
     b_te = _p("harmless", "test", c["eval_n"])
     sel = evaluate.select_coeff(model, d, _p("harmless", "val", c["coeff_val_n"]),
                                 grid=c["coeff_grid"], target=c["coeff_target"],
-                                max_new_tokens=c["gen_tokens"])  # fmt: skip
+                                max_new_tokens=c[f"{c['coeff_tokens']}_tokens"])  # fmt: skip
     ev = evaluate.evaluate_direction(model, d, h_te, b_te, scorer, max_new_tokens=c["gen_tokens"],
                                      coeff=sel["coeff"])  # fmt: skip
     gens = []
@@ -439,7 +450,11 @@ def _identity(ctx: Context) -> dict:
 def run_refusal(out: str | Path, *, model: str = DEFAULT_MODEL, fast: bool = False) -> dict:
     """The refusal-direction part of the pipeline alone (``safety-probes refusal``)."""
     out = check_out_dir(Path(out))
-    cfg = dict(FAST if fast else FULL, fast=fast, model=model)
+    cfg = (
+        dict(FAST, fast=fast, model=model)
+        if fast
+        else dict(FULL, **REFUSAL, fast=fast, model=model)
+    )
     ctx = Context(out, cfg)
     base = {"cfg": cfg, "version": 3}  # 2: probes.fastpath, 3: judge and select_coeff
     run_stage(ctx, "refusal", stage_refusal, base)
