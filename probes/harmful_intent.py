@@ -161,6 +161,13 @@ DEFAULT_METHODS = ("logistic(C=0.003)", "logistic(C=0.03)", "logistic(C=0.3)")
 MAX_FLAGGED = 0.1
 
 
+def check_max_flagged(value: float | None, name: str = "max_flagged") -> float | None:
+    """``value`` if it is a fraction in [0, 1] or None; else :class:`BadInputError`."""
+    if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+        raise BadInputError(f"{name} must be a fraction in [0, 1] or None, got {value}")
+    return value
+
+
 def train_harmful_intent(
     model: LoadedModel,
     *,
@@ -198,8 +205,7 @@ def train_harmful_intent(
     Returns:
         ``(best probe, the sweep at the best probe's position, activations)``.
     """
-    if max_flagged is not None and not 0.0 <= max_flagged <= 1.0:
-        raise BadInputError(f"max_flagged must be a fraction in [0, 1] or None, got {max_flagged}")
+    check_max_flagged(max_flagged)
     layers = "all" if layer == "auto" else parse_layers(layer, model.n_layers)
     positions = [position] if isinstance(position, str) else list(position)
     tr, va = task_set("train", limit=limit, extra=extra), task_set("val", limit=limit)

@@ -119,15 +119,17 @@ def _read_prompts_file(path: str) -> list[str]:
 
 
 def _fraction_or_none(text: str, flag: str) -> float | None:
+    from probes.harmful_intent import check_max_flagged
+
     if text.lower() == "none":
         return None
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise BadInputError(f"{flag} must be a fraction in [0, 1] or 'none', got {text!r}")
-    return value
+        raise BadInputError(
+            f"{flag} must be a fraction in [0, 1] or 'none', got {text!r}"
+        ) from None
+    return check_max_flagged(value, flag)
 
 
 def _int(text: str, flag: str) -> int:

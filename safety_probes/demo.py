@@ -159,7 +159,7 @@ def stage_steering(ctx: Context) -> dict:
     b_te = _p("harmless", "test", c["eval_n"])
     sel = evaluate.select_coeff(model, d, _p("harmless", "val", c["coeff_val_n"]),
                                 grid=c["coeff_grid"], target=c["coeff_target"],
-                                max_new_tokens=c[f"{c['coeff_tokens']}_tokens"])  # fmt: skip
+                                max_new_tokens=c["gen_tokens" if c["coeff_tokens"] == "gen" else "sweep_tokens"])  # fmt: skip
     ev = evaluate.evaluate_direction(model, d, h_te, b_te, scorer, max_new_tokens=c["gen_tokens"],
                                      coeff=sel["coeff"])  # fmt: skip
     gens = []

@@ -162,11 +162,19 @@ def filter_by_refusal(
     tokens, > 0 means refused), one forward pass per prompt, no generation.
     Raises :class:`BadInputError` when fewer than ``minimum`` of either remain.
     """
+    kept_h, kept_b, _ = _filter_by_refusal(model, scorer, harmful, harmless, minimum, split)
+    return kept_h, kept_b
+
+
+def _filter_by_refusal(model, scorer, harmful, harmless, minimum: int, split: str):
+    """:func:`filter_by_refusal`, also returning the kept prompts' last-token logits
+    ``([n_kept_harmful, vocab], [n_kept_harmless, vocab])`` for reuse."""
     harmful, harmless = list(harmful), list(harmless)
-    s = scorer.score_logits(last_logits(model, harmful + harmless))
-    refused = (s > 0).tolist()
-    kept_h = [p for p, r in zip(harmful, refused[: len(harmful)]) if r]
-    kept_b = [p for p, r in zip(harmless, refused[len(harmful) :]) if not r]
+    logits = last_logits(model, harmful + harmless)
+    refused = scorer.score_logits(logits) > 0
+    keep_h, keep_b = refused[: len(harmful)], ~refused[len(harmful) :]
+    kept_h = [p for p, k in zip(harmful, keep_h.tolist()) if k]
+    kept_b = [p for p, k in zip(harmless, keep_b.tolist()) if k]
     for name, kept, total, what in (("harmful", kept_h, harmful, "refuses"),
                                     ("harmless", kept_b, harmless, "answers")):  # fmt: skip
         if len(kept) < minimum:
@@ -176,7 +184,7 @@ def filter_by_refusal(
                 f"{minimum} are needed. Give more prompts, or pass filter_refusals=False to "
                 f"use them all (a model that rarely refuses may have no refusal direction)"
             )
-    return kept_h, kept_b
+    return kept_h, kept_b, (logits[: len(harmful)][keep_h], logits[len(harmful) :][keep_b])
 
 
 def _check(name: str, xs: Sequence[str], minimum: int) -> list[str]:
@@ -240,8 +248,11 @@ def refusal_direction(
         if candidates is None:
             harmful, harmless = filter_by_refusal(model, scorer, harmful, harmless,
                                                   minimum=MIN_TRAIN)  # fmt: skip
-        h_val, b_val = filter_by_refusal(model, scorer, h_val, b_val, minimum=MIN_VAL,
-                                         split="val")  # fmt: skip
+        # the filter's forward pass gives the val baselines too
+        h_val, b_val, (base_h_logits, base_b_logits) = _filter_by_refusal(
+            model, scorer, h_val, b_val, MIN_VAL, "val")  # fmt: skip
+    else:
+        base_h_logits, base_b_logits = last_logits(model, h_val), last_logits(model, b_val)
     only_pos = positions
     cands, positions = candidates or mean_diff_candidates(model, harmful, harmless)
     if cands.shape[-1] != model.d_model or cands.shape[1] != model.n_layers:
@@ -249,8 +260,7 @@ def refusal_direction(
                             f"[n_pos, {model.n_layers}, {model.d_model}]")  # fmt: skip
     n_pos, n_layers = cands.shape[:2]
     max_layer = math.floor(n_layers * (1 - prune_frac))
-    base_h = scorer.score_logits(last_logits(model, h_val))
-    base_b_logits = last_logits(model, b_val)
+    base_h = scorer.score_logits(base_h_logits)
     base_b = scorer.score_logits(base_b_logits)
     nan = torch.full((n_pos, n_layers), float("nan"))
     bypass, induce, kl = nan.clone(), nan.clone(), nan.clone()
