@@ -30,7 +30,9 @@ layer with every bridge replaced by the module it wraps, compiled once with
 and gated product into a few kernels; every block shares one compiled graph). The
 block's ``hook_in`` / ``hook_out`` (``resid_pre`` / ``resid_post``) still fire. A block
 falls back to the bridge's forward per call when a hook sits inside it, with a KV
-cache (generation), under training, processed weights or TransformerLens'
+cache (generation; a recording's read-only shared-prefix cache, :mod:`probes.prefix`,
+stays compiled: the layer gets the prefix's keys and values and keeps nothing), under
+training, processed weights or TransformerLens'
 ``stop_at_layer`` / ``start_at_layer``. Outputs then differ from the eager ones at
 rounding level (fused reductions; tested within 1e-4 in float32). Costs: a C++
 compiler on CPU and one compilation per process (about 4 s for qwen2.5-coder-0.5b on 2
@@ -55,6 +57,7 @@ from probes.errors import BadInputError
 
 _MARK = "_safety_probes_fast_path"
 _COMPILED = "_safety_probes_compiled_layer"  # a block's compiled HF layer (instance dict)
+_LAYER = "_safety_probes_layer_idx"  # the block's index in a KV cache (instance dict)
 
 
 def _hook_points(module: torch.nn.Module, skip: tuple[Any, ...]) -> list[Any]:
@@ -141,6 +144,32 @@ def check_compiler(device: str) -> None:
         ) from None
 
 
+class _PrefixKV:
+    """One layer's cached prefix keys and values, seen by the compiled layer as its cache.
+
+    ``update`` returns the prefix (expanded to the batch) followed by the new keys and
+    values, and keeps nothing: a recording never reads them again. One small object per
+    call, so the compiled graph is shared by every layer.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values  # [1 or batch, kv_heads, prefix, head_dim]
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *args: Any, **kwargs: Any):
+        n = keys.shape[0]
+        k = torch.cat([self.keys.expand(n, -1, -1, -1), keys], dim=-2)
+        v = torch.cat([self.values.expand(n, -1, -1, -1), values], dim=-2)
+        return k, v
+
+
+def _cache_allowed(cache: Any, layer_idx: int | None) -> bool:
+    """No cache, or a read-only prefix cache (:class:`probes.prefix.PrefixCache`) whose
+    layer for this block is known."""
+    if cache is None:
+        return True
+    return getattr(cache, "read_only_prefix", False) and layer_idx is not None
+
+
 def _block_forward(block: torch.nn.Module) -> Callable:
     """A block forward that runs its compiled HF layer when nothing inside is hooked.
 
@@ -169,7 +198,7 @@ def _block_forward(block: torch.nn.Module) -> Callable:
         if (
             self.training
             or _hooked(inner, own)
-            or kwargs.get("past_key_values") is not None
+            or not _cache_allowed(kwargs.get("past_key_values"), self.__dict__[_LAYER])
             or kwargs.get("past_key_value") is not None
             or getattr(self, "_stop_at_layer_idx", None) is not None
             or getattr(self, "_start_at_layer_idx", None) is not None
@@ -179,6 +208,9 @@ def _block_forward(block: torch.nn.Module) -> Callable:
             return fallback(self, *args, **kwargs)
         args, kwargs = self._hook_input_hidden_states(args, kwargs)
         kwargs = self._filter_kwargs_for_forward(kwargs, len(args))
+        if kwargs.get("past_key_values") is not None:  # a read-only prefix: hand over its layer
+            layer = kwargs["past_key_values"].layers[self.__dict__[_LAYER]]
+            kwargs["past_key_values"] = _PrefixKV(layer.keys, layer.values)
         out = self.__dict__[_COMPILED](*args, **kwargs)
         bare = self._is_standalone_hidden_state_call(args, kwargs)
         return self._apply_output_hook(out, force_tuple_for_bare_tensor=bare)
@@ -200,6 +232,7 @@ def _install_blocks(bridge: torch.nn.Module) -> int:
         if _patched(plain):
             continue
         m.__dict__[_COMPILED] = torch.compile(plain, dynamic=True)
+        m.__dict__[_LAYER] = getattr(getattr(layer, "self_attn", None), "layer_idx", None)
         m.__dict__["forward"] = _block_forward(m)
         m.__dict__[_MARK] = True
         n += 1

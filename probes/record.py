@@ -2,9 +2,11 @@
 
 The forward stops right after the last needed hook (no later layers, no final
 norm, no logits); each hook reduces the residual stream to the requested
-positions and copies it out at once; prompts run in length-bucketed,
-left-padded batches under ``torch.inference_mode``. Hooks are registered on
-the bridge's HookPoint modules and always removed, even on errors.
+positions and copies it out at once; the template head every prompt starts
+with runs once and its keys and values are reused (:mod:`probes.prefix`); the
+rest of each prompt runs in length-bucketed, left-padded batches under
+``torch.inference_mode``. Hooks are registered on the bridge's HookPoint
+modules and always removed, even on errors.
 
 Example:
     >>> from probes import load_model, record
@@ -26,6 +28,7 @@ from torch import Tensor
 from probes.activations import Activations, prompts_hash
 from probes.errors import BadInputError
 from probes.models import SITES, LoadedModel, check_layer, check_site
+from probes.prefix import Prefix, model_is_hooked, shared_prefix_length, strip
 from probes.prompts import (
     Batch,
     Encoded,
@@ -119,10 +122,25 @@ def hooks(model: LoadedModel, fns: dict[str, Callable]) -> Iterator[None]:
             h.remove()
 
 
+def _last_hook(req: Request) -> str:
+    """The hook name of the last site the request reads, in forward order."""
+    last = max((_SITE_ORDER[s], layer, s) for s in req.sites for layer in req.layers)
+    return f"blocks.{last[1]}.hook_{last[2]}"
+
+
 def _run_batch(
-    model: LoadedModel, req: Request, encoded: Sequence[Encoded], batch: Batch, out_dtype
+    model: LoadedModel,
+    req: Request,
+    encoded: Sequence[Encoded],
+    batch: Batch,
+    out_dtype,
+    prefix: Prefix | None = None,
 ) -> dict[tuple[str, str], Tensor]:
-    """One forward on a batch; returns ``{(site, pos): [batch, n_layers, d]}`` (or tokens)."""
+    """One forward on a batch; returns ``{(site, pos): [batch, n_layers, d]}`` (or tokens).
+
+    With ``prefix``, ``encoded`` and ``batch`` hold the tokens after it, and the forward
+    attends to the prefix's cached keys and values.
+    """
     dev = model.device
     n, d, n_l = len(batch.rows), model.d_model, len(req.layers)
     rows = torch.arange(n, device=dev)
@@ -139,8 +157,7 @@ def _run_batch(
         for p in req.positions:
             rows_n = n_tok if p == "all" else n
             res[s, p] = torch.empty((rows_n, n_l, d), dtype=out_dtype, device=dev)
-    last = max((_SITE_ORDER[s], layer, s) for s in req.sites for layer in req.layers)
-    last_name = f"blocks.{last[1]}.hook_{last[2]}"
+    last_name = _last_hook(req)
 
     def make(site: str, j: int):
         def fn(module, args, x):  # x: [batch, seq, d]
@@ -158,31 +175,52 @@ def _run_batch(
     for s in req.sites:
         for j, layer in enumerate(req.layers):
             fns[f"blocks.{layer}.hook_{s}"] = make(s, j)
+    ids, mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
     with hooks(model, fns):
-        forward_until(model, batch.input_ids.to(dev), batch.attention_mask.to(dev), last_name)
+        if prefix is None:
+            forward_until(model, ids, mask, last_name)
+        else:
+            cache = prefix.cache(model, n)
+            forward_until(model, ids, mask, last_name, cache=cache, start=prefix.length)
     return res
 
 
-def _forward(model: LoadedModel, input_ids: Tensor, attention_mask: Tensor) -> None:
+def _forward(
+    model: LoadedModel, input_ids: Tensor, attention_mask: Tensor, cache=None, start: int = 0
+) -> None:
     """Run the HF decoder stack (its blocks are the bridge's, so every HookPoint fires).
 
     Calling the decoder directly skips the bridge's top-level forward, which the hooks
     never need; the activations are bit-identical to ``model.bridge(...)`` because the
     position ids come from the attention mask as the bridge computes them for
-    left-padded batches (tested).
+    left-padded batches (tested). With ``cache`` (an HF cache holding ``start``
+    tokens every row attends to), the batch continues after them.
     """
+    position = position_ids(attention_mask) + start
+    if start:
+        seen = attention_mask.new_ones((attention_mask.shape[0], start))
+        attention_mask = torch.cat([seen, attention_mask], dim=1)
     model.hf_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids(attention_mask), use_cache=False)  # fmt: skip
+                                 position_ids=position, past_key_values=cache,
+                                 use_cache=cache is not None)  # fmt: skip
 
 
 def forward_until(
-    model: LoadedModel, input_ids: Tensor, attention_mask: Tensor, hook_name: str
+    model: LoadedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    hook_name: str,
+    *,
+    cache=None,
+    start: int = 0,
 ) -> None:
     """Run the decoder on a batch and stop right after ``hook_name`` fires.
 
     For callers whose own hooks (e.g. a :class:`~probes.monitor.ProbeMonitor`) read a
     site and need nothing later: the hooks already attached at ``hook_name`` run
-    first, then the forward stops. No logits, no cache.
+    first, then the forward stops. No logits; no cache unless ``cache`` (an HF
+    ``DynamicCache``) is given: it is filled, or, holding ``start`` tokens already,
+    continued.
     """
 
     def stop(module, args, x):
@@ -190,9 +228,24 @@ def forward_until(
 
     with hooks(model, {hook_name: stop}), torch.inference_mode():
         try:
-            _forward(model, input_ids, attention_mask)
+            _forward(model, input_ids, attention_mask, cache, start)
         except _StopForward:
             pass
+
+
+def _shared_prefix(
+    model: LoadedModel, req: Request, encoded: Sequence[Encoded], share: bool
+) -> Prefix | None:
+    """Run the prompts' common template head once, if sharing applies (see probes.prefix)."""
+    n = shared_prefix_length(encoded, req.positions) if share else 0
+    if n == 0 or model_is_hooked(model):
+        return None
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.hf_model.config)
+    ids = torch.tensor([encoded[0].ids[:n]], device=model.device)
+    forward_until(model, ids, torch.ones_like(ids), _last_hook(req), cache=cache)
+    return Prefix.from_cache(n, cache)
 
 
 def record_slice(
@@ -205,8 +258,12 @@ def record_slice(
     max_batch: int = 64,
     out_dtype: torch.dtype = torch.float32,
     progress: Callable[[int], None] | None = None,
+    share_prefix: bool = True,
 ) -> Activations:
-    """Record ``prompts`` (already encoded) with a parsed request, in input order."""
+    """Record ``prompts`` (already encoded) with a parsed request, in input order.
+
+    ``share_prefix``: run the prompts' common template head once (:mod:`probes.prefix`).
+    """
     n = len(prompts)
     d, n_l = model.d_model, len(req.layers)
     lengths = torch.tensor([len(e) for e in encoded])
@@ -217,8 +274,10 @@ def record_slice(
             rows_n = int(offsets[-1]) if p == "all" else n
             data[s, p] = torch.empty((rows_n, n_l, d), dtype=out_dtype)
     pad_id = model.tokenizer.pad_token_id
-    for batch in bucketed(encoded, range(n), pad_id, max_tokens, max_batch):
-        got = _run_batch(model, req, encoded, batch, out_dtype)
+    prefix = _shared_prefix(model, req, encoded, share_prefix)
+    rest = strip(encoded, prefix.length) if prefix else encoded
+    for batch in bucketed(rest, range(n), pad_id, max_tokens, max_batch):
+        got = _run_batch(model, req, rest, batch, out_dtype, prefix)
         rows = torch.tensor(batch.rows)
         for key, t in got.items():
             t = t.to("cpu")
@@ -256,6 +315,7 @@ def record(
     max_tokens: int = 4096,
     max_batch: int = 64,
     progress: bool | None = None,
+    share_prefix: bool = True,
 ) -> Activations:
     """Record activations of ``prompts`` read through the model's chat template.
 
@@ -269,6 +329,9 @@ def record(
         store: a folder; if given, record through the resumable on-disk store.
         max_tokens: padded-token budget per batch (memory bound).
         progress: show a tqdm bar (default: when more than 64 prompts).
+        share_prefix: compute the template head every prompt starts with once and
+            reuse its keys and values (:mod:`probes.prefix`; same activations up to
+            rounding). Not with position ``all``, nor while other hooks are attached.
 
     Returns:
         :class:`~probes.activations.Activations` in the order of ``prompts``.
@@ -279,6 +342,7 @@ def record(
         return record_to_store(
             model, prompts, store, sites=sites, layers=layers, positions=positions,
             system=system, max_tokens=max_tokens, max_batch=max_batch, progress=progress,
+            share_prefix=share_prefix,
         ).load()  # fmt: skip
     encoded = encode(model.tokenizer, prompts, system)
     req = Request.build(model, sites, layers, positions, common_n_eoi(encoded))
@@ -293,7 +357,7 @@ def record(
     try:
         return record_slice(
             model, prompts, req, encoded, max_tokens=max_tokens, max_batch=max_batch,
-            progress=bar.update if bar else None,
+            progress=bar.update if bar else None, share_prefix=share_prefix,
         )  # fmt: skip
     finally:
         if bar:

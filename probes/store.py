@@ -250,6 +250,7 @@ def write_shard(
     max_tokens: int = 4096,
     max_batch: int = 64,
     progress=None,
+    share_prefix: bool = True,
 ) -> dict:
     """Encode and record ``prompts[start:start + shard_size]``; write the shard atomically.
 
@@ -266,7 +267,7 @@ def write_shard(
     if n_eoi is not None and got != n_eoi:
         raise BadInputError(f"prompts have differing end-of-instruction lengths {[n_eoi, got]}")
     acts = record_slice(model, part, req, encoded, max_tokens=max_tokens, max_batch=max_batch,
-                        progress=progress)  # fmt: skip
+                        progress=progress, share_prefix=share_prefix)  # fmt: skip
     tensors = {f"{s}|{p}": t.contiguous() for (s, p), t in acts.data.items()}
     if acts.offsets is not None:
         tensors["offsets"] = acts.offsets
@@ -297,10 +298,13 @@ def record_to_store(
     max_tokens: int = 4096,
     max_batch: int = 64,
     progress: bool | None = None,
+    share_prefix: bool = True,
 ) -> ActivationStore:
     """Record into a store folder, resuming from its last complete shard.
 
     Memory stays bounded by ``shard_size`` (prompts are encoded shard by shard).
+    ``share_prefix`` is :func:`probes.record`'s (each shard computes its prompts' shared
+    template head once).
     Raises ``BadInputError`` if the folder holds a store made for another
     request (model, prompts, sites, layers or positions), or is a file.
     """
@@ -339,6 +343,7 @@ def record_to_store(
                 sh = write_shard(
                     model, folder, prompts, req, start, shard_size, system=system, n_eoi=n_eoi,
                     max_tokens=max_tokens, max_batch=max_batch, progress=bar.update if bar else None,
+                    share_prefix=share_prefix,
                 )  # fmt: skip
                 m["shards"].append(sh)
                 m["shards"].sort(key=lambda sh: sh["start"])

@@ -4,13 +4,15 @@
 :func:`run_bench` dispatches all three.
 
 ``record``: tokens/s of :func:`probes.record` (last position, all layers,
-resid_post) side by side with a bare forward of the stock HF base model loaded from
-the same folder (no bridge, no hidden states, no logits) on the same batches, and
-TransformerLens ``run_with_cache`` on a bridge as TransformerLens ships it (no
-:mod:`probes.fastpath`; with a ``names_filter``, and at its defaults), plus achieved GFLOP/s from the
-cost model (2 x block parameters x real tokens), the fraction of this
-machine's measured matmul peak in the same dtype, the padding fraction and
-peak RSS.
+resid_post; as shipped, with the template head shared, and with
+``share_prefix=False``) side by side with a bare forward of the stock HF base model
+loaded from the same folder (no bridge, no hidden states, no logits) on the full
+prompts' batches, and TransformerLens ``run_with_cache`` on a bridge as
+TransformerLens ships it (no :mod:`probes.fastpath`; with a ``names_filter``, and at
+its defaults), plus achieved GFLOP/s from the cost model (2 x block parameters x real
+prompt tokens; and x the tokens a path actually runs, which is fewer where the prefix
+is shared), the fraction of this machine's measured matmul peak in the same dtype, the
+padding fraction and peak RSS.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from probes import data, load_model, record
 from probes.allocator import keep_freed_memory
 from probes.errors import BadInputError
 from probes.models import load_tokenizer, pick_device_dtype
+from probes.prefix import shared_prefix_length, strip
 from probes.prompts import bucketed, encode, position_ids
 
 
@@ -70,6 +73,7 @@ def _timed(fn: Callable[[], None], repeats: int) -> tuple[float, list[float]]:
 RECORD_PATHS = (
     "record",
     "record_compiled",
+    "record_unshared",
     "hf_forward",
     "run_with_cache_filtered",
     "run_with_cache_default",
@@ -87,7 +91,8 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
     """Wall times of one path of the record benchmark (warm-up, then each pass), this process.
 
     ``record_compiled`` is ``record`` on ``load_model(..., compile=True)`` (the
-    warm-up run pays the compilation); ``hf_forward`` is the stock HF base model from
+    warm-up run pays the compilation); ``record_unshared`` runs every prompt's full
+    tokens (``share_prefix=False``); ``hf_forward`` is the stock HF base model from
     the same folder (no bridge, HF's default attention, no hidden states, no logits);
     ``run_with_cache_*`` run on a bridge as TransformerLens ships it (no
     :mod:`probes.fastpath`).
@@ -111,7 +116,8 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
 
     def run() -> None:
         if path.startswith("record"):
-            record(model, prompts, layers="all", positions="last", progress=False)
+            record(model, prompts, layers="all", positions="last", progress=False,
+                   share_prefix=path != "record_unshared")  # fmt: skip
             return
         with torch.inference_mode():
             for b in batches:
@@ -154,8 +160,22 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     full_pad = 1 - sum(b.n_real_tokens for b in full_b) / sum(b.input_ids.numel() for b in full_b)
     real = sum(b.n_real_tokens for b in batches)
     padded = sum(b.input_ids.numel() for b in batches)
+    enc = encode(model.tokenizer, prompts)
+    shared = shared_prefix_length(enc, ["last"])  # what record runs: the prefix once, the rest
+    rest = strip(enc, shared)
+    rest_b = list(bucketed(rest, range(len(rest)), model.tokenizer.pad_token_id, 4096, 64))
+    rest_real = sum(b.n_real_tokens for b in rest_b)
+    rest_padded = sum(b.input_ids.numel() for b in rest_b)
+    full_rest = strip(full, shared_prefix_length(full, ["last"]))
+    full_rest_b = list(bucketed(full_rest, range(len(full)), model.tokenizer.pad_token_id,
+                                4096, 64))  # fmt: skip
+    full_rest_pad = 1 - sum(b.n_real_tokens for b in full_rest_b) / sum(
+        b.input_ids.numel() for b in full_rest_b
+    )
     block_params = sum(p.numel() for p in model.hf_model.model.layers.parameters())
     flops = 2 * block_params * real
+    run_tokens = {p: real for p in RECORD_PATHS}
+    run_tokens["record"] = run_tokens["record_compiled"] = shared + rest_real
     dtype = model.dtype
     model = None
     runs = {p: _in_fresh_process(model_name, p, n_prompts, repeats) for p in RECORD_PATHS}
@@ -169,24 +189,32 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "n_prompts": len(prompts),
         "real_tokens": real,
+        "shared_prefix_tokens": shared,
+        "run_tokens": run_tokens,
         "padding_fraction": round(1 - real / padded, 4),
+        "padding_fraction_shared": round(1 - rest_real / rest_padded, 4),
         "padding_fraction_harmful_harmless": round(full_pad, 4),
+        "padding_fraction_harmful_harmless_shared": round(full_rest_pad, 4),
         "n_prompts_harmful_harmless": len(pool),
         "matmul_peak_gflops": round(peak, 1),
         "matmul_gflops_by_size": {str(n): round(g, 1) for n, g in by_size.items()},
         "tokens_per_s": {k: round(real / t, 1) for k, t in times.items()},
         "gflops": {k: round(flops / t / 1e9, 1) for k, t in times.items()},
+        "gflops_run": {
+            k: round(2 * block_params * run_tokens[k] / t / 1e9, 1) for k, t in times.items()
+        },
         "peak_rss_mb": {k: r["peak_rss_mb"] for k, r in runs.items()},
         "first_run_seconds": {k: round(r["first_run_seconds"], 2) for k, r in runs.items()},
         "repeats": repeats,
         "pass_seconds": {k: [round(t, 3) for t in r["pass_seconds"]] for k, r in runs.items()},
     }
-    for ours in ("record", "record_compiled"):
+    for ours in ("record", "record_compiled", "record_unshared"):
         t = times[ours]
         out[f"{ours}_vs_hf_forward"] = round(times["hf_forward"] / t, 3)
         out[f"{ours}_vs_run_with_cache_default"] = round(times["run_with_cache_default"] / t, 2)
         out[f"{ours}_vs_run_with_cache_filtered"] = round(times["run_with_cache_filtered"] / t, 2)
         out[f"{ours}_fraction_of_peak"] = round(flops / t / 1e9 / peak, 3)
+        out[f"{ours}_run_fraction_of_peak"] = round(out["gflops_run"][ours] / peak, 3)
     return out
 
 

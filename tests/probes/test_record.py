@@ -159,13 +159,17 @@ def test_parse_layers__forms():
 
 
 @pytest.mark.slow
-def test_record__smollm_matches_hf_output_hidden_states(smollm, prompts):
-    acts = record(smollm, prompts, layers="all", positions="last")
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_record__smollm_matches_hf_output_hidden_states(smollm, prompts, share_prefix):
+    # The full forward is bit-identical to HF's. The shared template head runs as its own
+    # forward (other matmul shapes), so rounding differs by float32 ulps of the residual
+    # stream's largest entries (smollm's reach ~540): 1.5e-4 seen, 1e-6 of the largest allowed.
+    acts = record(smollm, prompts, layers="all", positions="last", share_prefix=share_prefix)
     for i, p in enumerate(prompts):
         enc = encode(smollm.tokenizer, [p])[0]
         with torch.no_grad():
             hs = smollm.hf_model(torch.tensor([enc.ids]), output_hidden_states=True).hidden_states
         for layer in range(smollm.n_layers - 1):
-            torch.testing.assert_close(
-                acts["resid_post"][i, layer], hs[layer + 1][0, -1], atol=1e-4, rtol=0
-            )
+            want = hs[layer + 1][0, -1]
+            atol = max(1e-4, 1e-6 * float(want.abs().max())) if share_prefix else 1e-4
+            torch.testing.assert_close(acts["resid_post"][i, layer], want, atol=atol, rtol=0)
