@@ -5,8 +5,9 @@ template's default system message and the user turn's header: 24 of about 51
 tokens per prompt for qwen2.5-coder on the project's prompts). Causal attention
 makes their activations, keys and values identical in every prompt, so
 :func:`probes.record` computes them once, as one row, and runs each batch on the
-remaining tokens with that key/value cache expanded to the batch (a view, no
-copy). The same technique is what serving engines call prefix caching.
+remaining tokens with that key/value cache repeated over the batch (for
+qwen2.5-coder, 24 layers x 64 rows x 24 tokens: about 19 MB per batch). The same
+technique is what serving engines call prefix caching.
 
 It applies when
 
