@@ -4,7 +4,7 @@ Every prompt read through a chat template starts with the same tokens (the
 template's default system message and the user turn's header: 24 of about 51
 tokens per prompt for qwen2.5-coder on the project's prompts). Causal attention
 makes their activations, keys and values identical in every prompt, so
-:func:`probes.record` computes them once, as one row, and runs each batch on the
+``probes.record(..., share_prefix=True)`` computes them once, as one row, and runs each batch on the
 remaining tokens with that key/value cache repeated over the batch (for
 qwen2.5-coder, 24 layers x 64 rows x 24 tokens: about 19 MB per batch). The same
 technique is what serving engines call prefix caching.
@@ -19,7 +19,10 @@ It applies when
 
 Numerics: the activations equal those of the full left-padded forward up to
 rounding (matmul shapes differ; tested within 1e-5 in float32), and the
-position ids are those of the full forward.
+position ids are those of the full forward. It is opt-in: in bf16 the rounding
+moved the demo's threshold-bound results (qwen's probe-gated block defense
+refused 3 of 84 harmless test prompts instead of 2), and the default keeps the
+full forward, bit-identical to HF's.
 
 Example:
     >>> enc = encode(model.tokenizer, prompts)  # doctest: +SKIP

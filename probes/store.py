@@ -250,7 +250,7 @@ def write_shard(
     max_tokens: int = 4096,
     max_batch: int = 64,
     progress=None,
-    share_prefix: bool = True,
+    share_prefix: bool = False,
 ) -> dict:
     """Encode and record ``prompts[start:start + shard_size]``; write the shard atomically.
 
@@ -298,13 +298,13 @@ def record_to_store(
     max_tokens: int = 4096,
     max_batch: int = 64,
     progress: bool | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool = False,
 ) -> ActivationStore:
     """Record into a store folder, resuming from its last complete shard.
 
     Memory stays bounded by ``shard_size`` (prompts are encoded shard by shard).
-    ``share_prefix`` is :func:`probes.record`'s (each shard computes its prompts' shared
-    template head once).
+    ``share_prefix`` is :func:`probes.record`'s (with it, each shard computes its
+    prompts' shared template head once).
     Raises ``BadInputError`` if the folder holds a store made for another
     request (model, prompts, sites, layers or positions), or is a file.
     """

@@ -4,8 +4,7 @@
 :func:`run_bench` dispatches all three.
 
 ``record``: tokens/s of :func:`probes.record` (last position, all layers,
-resid_post; as shipped, with the template head shared, and with
-``share_prefix=False``) side by side with a bare forward of the stock HF base model
+resid_post; at its defaults, with ``share_prefix=True``, and compiled with it) side by side with a bare forward of the stock HF base model
 loaded from the same folder (no bridge, no hidden states, no logits) on the full
 prompts' batches, and TransformerLens ``run_with_cache`` on a bridge as
 TransformerLens ships it (no :mod:`probes.fastpath`; with a ``names_filter``, and at
@@ -72,8 +71,8 @@ def _timed(fn: Callable[[], None], repeats: int) -> tuple[float, list[float]]:
 
 RECORD_PATHS = (
     "record",
+    "record_shared",
     "record_compiled",
-    "record_unshared",
     "hf_forward",
     "run_with_cache_filtered",
     "run_with_cache_default",
@@ -90,9 +89,9 @@ def _batches(tokenizer, n_prompts: int):
 def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
     """Wall times of one path of the record benchmark (warm-up, then each pass), this process.
 
-    ``record_compiled`` is ``record`` on ``load_model(..., compile=True)`` (the
-    warm-up run pays the compilation); ``record_unshared`` runs every prompt's full
-    tokens (``share_prefix=False``); ``hf_forward`` is the stock HF base model from
+    ``record_shared`` passes ``share_prefix=True`` (the template head once);
+    ``record_compiled`` is that on ``load_model(..., compile=True)`` (the warm-up run
+    pays the compilation); ``hf_forward`` is the stock HF base model from
     the same folder (no bridge, HF's default attention, no hidden states, no logits);
     ``run_with_cache_*`` run on a bridge as TransformerLens ships it (no
     :mod:`probes.fastpath`).
@@ -117,7 +116,7 @@ def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -
     def run() -> None:
         if path.startswith("record"):
             record(model, prompts, layers="all", positions="last", progress=False,
-                   share_prefix=path != "record_unshared")  # fmt: skip
+                   share_prefix=path != "record")  # fmt: skip
             return
         with torch.inference_mode():
             for b in batches:
@@ -175,7 +174,7 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     block_params = sum(p.numel() for p in model.hf_model.model.layers.parameters())
     flops = 2 * block_params * real
     run_tokens = {p: real for p in RECORD_PATHS}
-    run_tokens["record"] = run_tokens["record_compiled"] = shared + rest_real
+    run_tokens["record_shared"] = run_tokens["record_compiled"] = shared + rest_real
     dtype = model.dtype
     model = None
     runs = {p: _in_fresh_process(model_name, p, n_prompts, repeats) for p in RECORD_PATHS}
@@ -208,7 +207,7 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "repeats": repeats,
         "pass_seconds": {k: [round(t, 3) for t in r["pass_seconds"]] for k, r in runs.items()},
     }
-    for ours in ("record", "record_compiled", "record_unshared"):
+    for ours in ("record", "record_shared", "record_compiled"):
         t = times[ours]
         out[f"{ours}_vs_hf_forward"] = round(times["hf_forward"] / t, 3)
         out[f"{ours}_vs_run_with_cache_default"] = round(times["run_with_cache_default"] / t, 2)

@@ -72,7 +72,7 @@ def cmd_record(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     store = record_to_store(
         model, prompts, args.out, sites=args.sites.split(","), layers=args.layers,
-        positions=args.positions.split(","), share_prefix=not args.no_share_prefix,
+        positions=args.positions.split(","), share_prefix=args.share_prefix,
     )  # fmt: skip
     m = store.manifest
     doc = {"out": str(store.path), "n_prompts": len(prompts), "request": m["request"],
@@ -298,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile each decoder block (needs a C++ compiler on CPU; pays on long runs)",
     )
     sp.add_argument(
-        "--no-share-prefix",
+        "--share-prefix",
         action="store_true",
-        help="run every prompt's full template (default: its common head once, reused)",
+        help="run the prompts' common template head once and reuse it (~1.5x; rounding-level)",
     )
     sp.add_argument("--out", required=True)
     probe = sub.add_parser("probe", help="train or apply harmful-intent probes")

@@ -354,9 +354,8 @@ def run_demo(
         """What a stage's cached result depends on: its own settings, data, upstream results."""
         own = {k: cfg[k] for k in STAGE_SETTINGS[stage]}
         # version: bumped when the library's numerics or judging change (3: probes.fastpath,
-        # 4: the judge reads sympathy as an answer, select_coeff's fallback, 5: record
-        # shares the template head, probes.prefix)
-        return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 5, **after}
+        # 4: the judge reads sympathy as an answer, select_coeff's fallback)
+        return {"cfg": own, "model": cfg["model"], "data": data_hash, "version": 4, **after}
 
     def probe_hash(tag: str) -> str:  # the trained probe itself, not just its layer
         return probe_hash_of(f"harmful-intent{tag}")

@@ -36,7 +36,7 @@ def test_shared_prefix_length__is_the_template_head_on_a_real_template(tiny, pro
 def test_record__shared_prefix_equals_full_forward(tiny, prompts, system):
     kw = dict(sites=SITES, layers="all", positions=["eoi", "mean"], system=system, progress=False)
     full = record(tiny, prompts, share_prefix=False, **kw)
-    shared = record(tiny, prompts, **kw)
+    shared = record(tiny, prompts, share_prefix=True, **kw)
     assert full.data.keys() == shared.data.keys()
     for key in full.data:
         torch.testing.assert_close(shared.data[key], full.data[key], atol=1e-5, rtol=1e-5)
@@ -54,10 +54,10 @@ def test_record__shared_prefix_runs_once_and_batches_only_the_rest(tiny, prompts
     monkeypatch.setattr(record_module, "_run_batch", spy)
     enc = encode(tiny.tokenizer, prompts, SYSTEM)
     n = shared_prefix_length(enc, ["last"])
-    record(tiny, prompts, system=SYSTEM, progress=False)
+    record(tiny, prompts, system=SYSTEM, progress=False, share_prefix=True)
     assert widths == [(max(len(e) for e in enc) - n, n)]
     widths.clear()
-    record(tiny, prompts, system=SYSTEM, progress=False, share_prefix=False)
+    record(tiny, prompts, system=SYSTEM, progress=False)  # the default: the full prompts
     assert widths == [(max(len(e) for e in enc), None)]
 
 
@@ -65,14 +65,15 @@ def test_record__no_sharing_while_a_callers_hook_is_attached(tiny, prompts):
     seen = []
     with hooks(tiny, {"blocks.0.hook_resid_pre": lambda m, a, x: seen.append(tuple(x.shape))}):
         assert model_is_hooked(tiny)
-        record(tiny, prompts, system=SYSTEM, layers=[1], progress=False)
+        record(tiny, prompts, system=SYSTEM, layers=[1], progress=False, share_prefix=True)
     enc = encode(tiny.tokenizer, prompts, SYSTEM)
     assert seen == [(len(prompts), max(len(e) for e in enc), tiny.d_model)]  # the full batch
     assert not model_is_hooked(tiny)
 
 
 def test_record__position_all_is_recorded_without_sharing(tiny, prompts):
-    shared = record(tiny, prompts, positions="all", system=SYSTEM, progress=False)
+    shared = record(tiny, prompts, positions="all", system=SYSTEM, progress=False,
+                    share_prefix=True)  # fmt: skip
     full = record(tiny, prompts, positions="all", system=SYSTEM, share_prefix=False,
                   progress=False)  # fmt: skip
     torch.testing.assert_close(shared["resid_post"], full["resid_post"], atol=0, rtol=0)
@@ -84,7 +85,7 @@ def test_record__error_mid_way_leaves_no_hook_with_a_shared_prefix(tiny, prompts
 
     monkeypatch.setattr(PrefixCache, "update", boom)  # the first batch's forward fails
     with pytest.raises(RuntimeError, match="boom"):
-        record(tiny, prompts, system=SYSTEM, progress=False)
+        record(tiny, prompts, system=SYSTEM, progress=False, share_prefix=True)
     assert tiny.n_active_hooks() == 0 and not model_is_hooked(tiny)
 
 
@@ -98,14 +99,14 @@ def test_record__compiled_blocks_read_the_shared_prefix(tiny_dir, tiny, prompts)
         )
     try:
         got = record(comp, prompts, layers="all", positions=["last", "mean"], system=SYSTEM,
-                     progress=False)  # fmt: skip
+                     progress=False, share_prefix=True)  # fmt: skip
     finally:
         for b, run in zip(comp.bridge.blocks, runs):
             b.__dict__[fastpath._COMPILED] = run
     # the prefix's own forward fills an ordinary cache on the eager path; the batch is compiled
     assert calls == ["_PrefixKV"] * comp.n_layers
     want = record(tiny, prompts, layers="all", positions=["last", "mean"], system=SYSTEM,
-                  share_prefix=False, progress=False)  # fmt: skip
+                  progress=False)  # fmt: skip
     for key in want.data:
         torch.testing.assert_close(got.data[key], want.data[key], atol=1e-4, rtol=1e-4)
 
@@ -115,6 +116,6 @@ def test_record__smollm_shared_prefix_matches_full_forward(smollm, prompts):
     enc = encode(smollm.tokenizer, prompts)
     assert shared_prefix_length(enc, ["last"]) >= 20  # the template's default system turn
     kw = dict(layers="all", positions=["last", "mean"], progress=False)
-    shared, full = record(smollm, prompts, **kw), record(smollm, prompts, share_prefix=False, **kw)
+    shared, full = record(smollm, prompts, share_prefix=True, **kw), record(smollm, prompts, **kw)
     for key in full.data:
         torch.testing.assert_close(shared.data[key], full.data[key], atol=1e-4, rtol=1e-4)

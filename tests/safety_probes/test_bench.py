@@ -12,13 +12,14 @@ from safety_probes.cli import main
 def test_bench_record__accepts_a_model_folder(tiny_dir):
     doc = bench_record(str(tiny_dir), n_prompts=8, repeats=1)
     assert doc["n_prompts"] == 8 and doc["real_tokens"] > 0
-    assert set(doc["tokens_per_s"]) >= {"record", "record_compiled", "record_unshared",
+    assert set(doc["tokens_per_s"]) >= {"record", "record_shared", "record_compiled",
                                         "hf_forward"}  # fmt: skip
     assert all(len(t) == 1 for t in doc["pass_seconds"].values())
     # the shared paths run the template head once: fewer tokens than the prompts hold
-    assert 0 < doc["shared_prefix_tokens"] and doc["run_tokens"]["record"] < doc["real_tokens"]
-    assert doc["run_tokens"]["record_unshared"] == doc["real_tokens"]
-    assert doc["gflops_run"]["record"] < doc["gflops"]["record"]
+    shared = doc["run_tokens"]["record_shared"]
+    assert 0 < doc["shared_prefix_tokens"] and shared < doc["real_tokens"]
+    assert doc["run_tokens"]["record"] == doc["real_tokens"]
+    assert doc["gflops_run"]["record_shared"] < doc["gflops"]["record_shared"]
 
 
 def test_bench_record__refuses_zero_repeats(tiny_dir):

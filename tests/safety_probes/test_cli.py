@@ -46,9 +46,9 @@ def test_cli__record_compiled_equals_eager_store(tiny_dir, tmp_path, capsys):
     base = ["record", "--model", str(tiny_dir), "--data", str(data), "--dtype", "float32"]
     assert main([*base, "--out", str(tmp_path / "eager")]) == 0
     assert main([*base, "--compile", "--out", str(tmp_path / "compiled")]) == 0
-    assert main([*base, "--no-share-prefix", "--out", str(tmp_path / "unshared")]) == 0
+    assert main([*base, "--share-prefix", "--out", str(tmp_path / "shared")]) == 0
     a = ActivationStore(tmp_path / "eager").load()
-    for other in ("compiled", "unshared"):
+    for other in ("compiled", "shared"):
         b = ActivationStore(tmp_path / other).load()
         torch.testing.assert_close(a["resid_post"], b["resid_post"], atol=1e-4, rtol=1e-4)
 
