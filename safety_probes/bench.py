@@ -4,8 +4,8 @@
 :func:`run_bench` dispatches all three.
 
 ``record``: tokens/s of :func:`probes.record` (last position, all layers,
-resid_post; at its defaults, with ``share_prefix=True``, and compiled with it) side by side with a bare forward of the stock HF base model
-loaded from the same folder (no bridge, no hidden states, no logits) on the full
+resid_post; at its defaults, with ``share_prefix=True``, and compiled with it)
+side by side with a bare forward of the stock HF base model loaded from the same folder (no bridge, no hidden states, no logits) on the full
 prompts' batches, and TransformerLens ``run_with_cache`` on a bridge as
 TransformerLens ships it (no :mod:`probes.fastpath`; with a ``names_filter``, and at
 its defaults), plus achieved GFLOP/s from the cost model (2 x block parameters x real
@@ -86,6 +86,17 @@ def _batches(tokenizer, n_prompts: int):
     return pool, prompts, list(bucketed(enc, range(len(enc)), tokenizer.pad_token_id, 4096, 64))
 
 
+def _tokens(encoded, pad_id: int, shared: bool = False) -> tuple[int, int, int]:
+    """(shared head length, real tokens, padded tokens) of record's batches of ``encoded``.
+
+    With ``shared``, the head every prompt starts with runs once, outside the batches.
+    """
+    head = shared_prefix_length(encoded, ["last"]) if shared else 0
+    rest = strip(encoded, head)
+    batches = list(bucketed(rest, range(len(rest)), pad_id, 4096, 64))
+    return head, sum(b.n_real_tokens for b in batches), sum(b.input_ids.numel() for b in batches)
+
+
 def time_record_path(model_name: str, path: str, n_prompts: int, repeats: int) -> dict:
     """Wall times of one path of the record benchmark (warm-up, then each pass), this process.
 
@@ -153,28 +164,17 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     if repeats < 1:
         raise BadInputError(f"repeats must be at least 1, got {repeats}")
     model = load_model(model_name)
-    pool, prompts, batches = _batches(model.tokenizer, n_prompts)
-    full = encode(model.tokenizer, pool)  # padding of record's batches on the whole sets
-    full_b = list(bucketed(full, range(len(full)), model.tokenizer.pad_token_id, 4096, 64))
-    full_pad = 1 - sum(b.n_real_tokens for b in full_b) / sum(b.input_ids.numel() for b in full_b)
-    real = sum(b.n_real_tokens for b in batches)
-    padded = sum(b.input_ids.numel() for b in batches)
-    enc = encode(model.tokenizer, prompts)
-    shared = shared_prefix_length(enc, ["last"])  # what record runs: the prefix once, the rest
-    rest = strip(enc, shared)
-    rest_b = list(bucketed(rest, range(len(rest)), model.tokenizer.pad_token_id, 4096, 64))
-    rest_real = sum(b.n_real_tokens for b in rest_b)
-    rest_padded = sum(b.input_ids.numel() for b in rest_b)
-    full_rest = strip(full, shared_prefix_length(full, ["last"]))
-    full_rest_b = list(bucketed(full_rest, range(len(full)), model.tokenizer.pad_token_id,
-                                4096, 64))  # fmt: skip
-    full_rest_pad = 1 - sum(b.n_real_tokens for b in full_rest_b) / sum(
-        b.input_ids.numel() for b in full_rest_b
-    )
+    pool, prompts, _ = _batches(model.tokenizer, n_prompts)
+    pad_id = model.tokenizer.pad_token_id
+    enc, full = encode(model.tokenizer, prompts), encode(model.tokenizer, pool)
+    _, real, padded = _tokens(enc, pad_id)
+    shared, real_shared, padded_shared = _tokens(enc, pad_id, shared=True)
+    _, full_real, full_padded = _tokens(full, pad_id)  # padding on the whole sets
+    _, full_real_shared, full_padded_shared = _tokens(full, pad_id, shared=True)
     block_params = sum(p.numel() for p in model.hf_model.model.layers.parameters())
     flops = 2 * block_params * real
     run_tokens = {p: real for p in RECORD_PATHS}
-    run_tokens["record_shared"] = run_tokens["record_compiled"] = shared + rest_real
+    run_tokens["record_shared"] = run_tokens["record_compiled"] = shared + real_shared
     dtype = model.dtype
     model = None
     runs = {p: _in_fresh_process(model_name, p, n_prompts, repeats) for p in RECORD_PATHS}
@@ -191,9 +191,11 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "shared_prefix_tokens": shared,
         "run_tokens": run_tokens,
         "padding_fraction": round(1 - real / padded, 4),
-        "padding_fraction_shared": round(1 - rest_real / rest_padded, 4),
-        "padding_fraction_harmful_harmless": round(full_pad, 4),
-        "padding_fraction_harmful_harmless_shared": round(full_rest_pad, 4),
+        "padding_fraction_shared": round(1 - real_shared / padded_shared, 4),
+        "padding_fraction_harmful_harmless": round(1 - full_real / full_padded, 4),
+        "padding_fraction_harmful_harmless_shared": round(
+            1 - full_real_shared / full_padded_shared, 4
+        ),
         "n_prompts_harmful_harmless": len(pool),
         "matmul_peak_gflops": round(peak, 1),
         "matmul_gflops_by_size": {str(n): round(g, 1) for n, g in by_size.items()},
