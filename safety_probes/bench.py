@@ -152,17 +152,32 @@ def _in_fresh_process(model_name: str, path: str, n_prompts: int, repeats: int) 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dict:
+def _merged(runs: list[dict]) -> dict:
+    """One path's runs from several rounds: every pass, the largest RSS, the first warm-up."""
+    return {
+        "pass_seconds": [t for r in runs for t in r["pass_seconds"]],
+        "first_run_seconds": runs[0]["first_run_seconds"],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+    }
+
+
+def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2, rounds: int = 1) -> dict:
     """Record throughput vs a bare HF forward and ``run_with_cache``, same prompts.
 
     Each path runs in its own fresh process, one after the other in this call: the
     heap a path inherits changes its speed (``run_with_cache`` at its defaults ran at
     607 to 1058 tokens/s in one shared process depending on what ran before it, and at
     1206 in a fresh one, on the same machine), so no path pays for another's allocations.
+    With ``rounds`` > 1 the whole sequence of paths runs again that many times and each
+    path keeps its best pass over all rounds: a machine that slows for a minute then
+    costs one round of one path, not the comparison (on this project's shared 2-core
+    machine the same path's best pass moved by up to 24% between runs an hour apart).
     ``model_name`` is anything :func:`probes.load_model` accepts (zoo name, folder, hub id).
     """
     if repeats < 1:
         raise BadInputError(f"repeats must be at least 1, got {repeats}")
+    if rounds < 1:
+        raise BadInputError(f"rounds must be at least 1, got {rounds}")
     model = load_model(model_name)
     pool, prompts, _ = _batches(model.tokenizer, n_prompts)
     pad_id = model.tokenizer.pad_token_id
@@ -177,7 +192,11 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
     run_tokens["record_shared"] = run_tokens["record_compiled"] = shared + real_shared
     dtype = model.dtype
     model = None
-    runs = {p: _in_fresh_process(model_name, p, n_prompts, repeats) for p in RECORD_PATHS}
+    by_round = [
+        {p: _in_fresh_process(model_name, p, n_prompts, repeats) for p in RECORD_PATHS}
+        for _ in range(rounds)
+    ]
+    runs = {p: _merged([r[p] for r in by_round]) for p in RECORD_PATHS}
     times = {p: min(r["pass_seconds"]) for p, r in runs.items()}  # best pass
     by_size = {n: matmul_peak_gflops(dtype, sizes=(n,)) for n in (1024, 2048)}
     peak = max(by_size.values())
@@ -207,7 +226,11 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2) -> dic
         "peak_rss_mb": {k: r["peak_rss_mb"] for k, r in runs.items()},
         "first_run_seconds": {k: round(r["first_run_seconds"], 2) for k, r in runs.items()},
         "repeats": repeats,
+        "rounds": rounds,
         "pass_seconds": {k: [round(t, 3) for t in r["pass_seconds"]] for k, r in runs.items()},
+        "best_pass_by_round": {
+            k: [round(min(r[k]["pass_seconds"]), 3) for r in by_round] for k in RECORD_PATHS
+        },
     }
     for ours in ("record", "record_shared", "record_compiled"):
         t = times[ours]

@@ -250,7 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     opts = {"probe": {"synthetic": args.synthetic},
             "generate": {"max_new_tokens": args.max_new_tokens},
-            "record": {"repeats": args.repeats}}.get(args.what, {})  # fmt: skip
+            "record": {"repeats": args.repeats, "rounds": args.rounds}}.get(args.what, {})  # fmt: skip
     doc = run_bench(args.what, model=args.model, n_prompts=args.n_prompts, **opts)
     _emit(args, doc, json.dumps(doc, indent=2))
 
@@ -398,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--synthetic", action="store_true", help="probe: synthetic activations")
     sp.add_argument("--max-new-tokens", type=int, default=32, help="generate: decode length")
     sp.add_argument("--repeats", type=int, default=2, help="record: timed passes per path")
+    sp.add_argument("--rounds", type=int, default=1,
+                    help="record: run every path this many times over (best pass kept)")  # fmt: skip
     sp = add("demo", cmd_demo, "run the main pipeline and write a report")
     sp.add_argument("--out", default="results")
     sp.add_argument("--fast", action="store_true")

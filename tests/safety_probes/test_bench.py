@@ -10,11 +10,14 @@ from safety_probes.cli import main
 
 
 def test_bench_record__accepts_a_model_folder(tiny_dir):
-    doc = bench_record(str(tiny_dir), n_prompts=8, repeats=1)
+    doc = bench_record(str(tiny_dir), n_prompts=8, repeats=1, rounds=2)
     assert doc["n_prompts"] == 8 and doc["real_tokens"] > 0
     assert set(doc["tokens_per_s"]) >= {"record", "record_shared", "record_compiled",
                                         "hf_forward"}  # fmt: skip
-    assert all(len(t) == 1 for t in doc["pass_seconds"].values())
+    # every path ran once per round; its time is its best pass over both rounds
+    assert all(len(t) == 2 for t in doc["pass_seconds"].values())
+    for path, best in doc["best_pass_by_round"].items():
+        assert len(best) == 2 and min(best) == min(doc["pass_seconds"][path])
     # the shared paths run the template head once: fewer tokens than the prompts hold
     shared = doc["run_tokens"]["record_shared"]
     assert 0 < doc["shared_prefix_tokens"] and shared < doc["real_tokens"]
@@ -27,6 +30,8 @@ def test_bench_record__refuses_zero_repeats(tiny_dir):
 
     with pytest.raises(BadInputError, match="repeats"):
         bench_record(str(tiny_dir), n_prompts=8, repeats=0)
+    with pytest.raises(BadInputError, match="rounds"):
+        bench_record(str(tiny_dir), n_prompts=8, rounds=0)
 
 
 def test_synthetic_activations__shape_and_planted_signal():
@@ -73,3 +78,9 @@ def test_cli__bench_probe_synthetic_json(tiny_dir, capsys):
     assert main([*argv, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["shape"] == [40, 3, 64] and doc["sweep_s"]
+
+
+def test_cli__bench_record_zero_rounds_exits_2(tiny_dir, capsys):
+    argv = ["bench", "record", "--model", str(tiny_dir), "--n-prompts", "8", "--rounds", "0"]
+    assert main(argv) == 2
+    assert "rounds must be at least 1" in capsys.readouterr().err
