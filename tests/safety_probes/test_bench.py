@@ -25,7 +25,7 @@ def test_bench_record__accepts_a_model_folder(tiny_dir):
     assert doc["gflops_run"]["record_shared"] < doc["gflops"]["record_shared"]
 
 
-def test_bench_record__refuses_zero_repeats(tiny_dir):
+def test_bench_record__refuses_zero_repeats_or_rounds(tiny_dir):
     from probes.errors import BadInputError
 
     with pytest.raises(BadInputError, match="repeats"):
