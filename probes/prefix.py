@@ -4,10 +4,10 @@ Every prompt read through a chat template starts with the same tokens (the
 template's default system message and the user turn's header: 24 of about 51
 tokens per prompt for qwen2.5-coder on the project's prompts). Causal attention
 makes their activations, keys and values identical in every prompt, so
-``probes.record(..., share_prefix=True)`` computes them once, as one row, and runs each batch on the
-remaining tokens with that key/value cache repeated over the batch (for
-qwen2.5-coder, 24 layers x 64 rows x 24 tokens: about 19 MB per batch). The same
-technique is what serving engines call prefix caching.
+``probes.record(..., share_prefix=True)`` computes them once, as one row, and runs
+each batch on the remaining tokens with that key/value cache repeated over the batch
+(for qwen2.5-coder, 24 layers x 64 rows x 24 tokens: about 19 MB per batch). The
+same technique is what serving engines call prefix caching.
 
 It applies when
 

@@ -5,8 +5,8 @@
 
 ``record``: tokens/s of :func:`probes.record` (last position, all layers,
 resid_post; at its defaults, with ``share_prefix=True``, and compiled with it)
-side by side with a bare forward of the stock HF base model loaded from the same folder (no bridge, no hidden states, no logits) on the full
-prompts' batches, and TransformerLens ``run_with_cache`` on a bridge as
+side by side with a bare forward of the stock HF base model loaded from the same
+folder (no bridge, no hidden states, no logits) on the full prompts' batches, and TransformerLens ``run_with_cache`` on a bridge as
 TransformerLens ships it (no :mod:`probes.fastpath`; with a ``names_filter``, and at
 its defaults), plus achieved GFLOP/s from the cost model (2 x block parameters x real
 prompt tokens; and x the tokens a path actually runs, which is fewer where the prefix
@@ -79,11 +79,18 @@ RECORD_PATHS = (
 )
 
 
+MAX_TOKENS, MAX_BATCH = 4096, 64  # record's default batch budget: every path's batches
+
+
 def _batches(tokenizer, n_prompts: int):
     pool = data.prompts("harmful") + data.prompts("harmless")
     prompts = (pool * (n_prompts // len(pool) + 1))[:n_prompts]
     enc = encode(tokenizer, prompts)
-    return pool, prompts, list(bucketed(enc, range(len(enc)), tokenizer.pad_token_id, 4096, 64))
+    return (
+        pool,
+        prompts,
+        list(bucketed(enc, range(len(enc)), tokenizer.pad_token_id, MAX_TOKENS, MAX_BATCH)),
+    )
 
 
 def _tokens(encoded, pad_id: int, shared: bool = False) -> tuple[int, int, int]:
@@ -93,7 +100,7 @@ def _tokens(encoded, pad_id: int, shared: bool = False) -> tuple[int, int, int]:
     """
     head = shared_prefix_length(encoded, ["last"]) if shared else 0
     rest = strip(encoded, head)
-    batches = list(bucketed(rest, range(len(rest)), pad_id, 4096, 64))
+    batches = list(bucketed(rest, range(len(rest)), pad_id, MAX_TOKENS, MAX_BATCH))
     return head, sum(b.n_real_tokens for b in batches), sum(b.input_ids.numel() for b in batches)
 
 
