@@ -158,14 +158,15 @@ def bucketed(
         yield make_batch(encoded, current, pad_id)
 
 
+def from_end(label: str) -> int:
+    """How many tokens from a prompt's end a single-token label reads (``last``: 1)."""
+    return 1 if label == "last" else int(_EOI_RE.match(label).group(1))
+
+
 def position_index(encoded: Sequence[Encoded], batch: Batch, label: str) -> Tensor:
     """Padded-coordinate index per row for a single-token position label. Shape [batch]."""
-    lengths = torch.tensor([len(encoded[r]) for r in batch.rows])
     width = batch.input_ids.shape[1]
-    if label == "last":
-        return torch.full_like(lengths, width - 1)
-    k = int(_EOI_RE.match(label).group(1))
-    return torch.full_like(lengths, width - k)
+    return torch.full((len(batch.rows),), width - from_end(label), dtype=torch.long)
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:

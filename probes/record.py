@@ -28,6 +28,7 @@ from torch import Tensor
 from probes.activations import Activations, prompts_hash
 from probes.errors import BadInputError
 from probes.models import SITES, LoadedModel, check_layer, check_site
+from probes.packing import Packed, packable, packed
 from probes.prefix import Prefix, model_is_hooked, shared_prefix_length, strip
 from probes.prompts import (
     Batch,
@@ -132,7 +133,7 @@ def _run_batch(
     model: LoadedModel,
     req: Request,
     encoded: Sequence[Encoded],
-    batch: Batch,
+    batch: Batch | Packed,
     out_dtype,
     prefix: Prefix | None = None,
 ) -> dict[tuple[str, str], Tensor]:
@@ -143,15 +144,20 @@ def _run_batch(
     """
     dev = model.device
     n, d, n_l = len(batch.rows), model.d_model, len(req.layers)
-    rows = torch.arange(n, device=dev)
-    flat = batch.attention_mask.reshape(-1).bool().to(dev)
-    n_tok = int(batch.attention_mask.sum())
-    idx = {
-        p: position_index(encoded, batch, p).to(dev)
-        for p in req.positions
-        if p not in ("all", "mean")
-    }
-    weights = content_weights(encoded, batch).to(dev) if "mean" in req.positions else None
+    pack = isinstance(batch, Packed)
+    single = [p for p in req.positions if p not in ("all", "mean")]
+    if pack:  # prompts sit end to end in rows ('all' is never packed)
+        idx = {p: tuple(t.to(dev) for t in batch.index(p)) for p in single}
+        weights = batch.content_weights(encoded) if "mean" in req.positions else None
+        n_tok, flat = 0, None
+    else:
+        rows = torch.arange(n, device=dev)
+        idx = {p: (rows, position_index(encoded, batch, p).to(dev)) for p in single}
+        weights = content_weights(encoded, batch) if "mean" in req.positions else None
+        flat = batch.attention_mask.reshape(-1).bool().to(dev)
+        n_tok = int(batch.attention_mask.sum())
+    weights = None if weights is None else weights.to(dev)
+    mean_eq = "nrs,rsd->nd" if pack else "bs,bsd->bd"
     res: dict[tuple[str, str], Tensor] = {}
     for s in req.sites:
         for p in req.positions:
@@ -165,9 +171,9 @@ def _run_batch(
                 if p == "all":
                     res[site, p][:, j] = x.reshape(-1, d)[flat]
                 elif p == "mean":
-                    res[site, p][:, j] = torch.einsum("bs,bsd->bd", weights.to(x.dtype), x)
+                    res[site, p][:, j] = torch.einsum(mean_eq, weights.to(x.dtype), x)
                 else:
-                    res[site, p][:, j] = x[rows, idx[p]]
+                    res[site, p][:, j] = x[idx[p]]
 
         return fn
 
@@ -175,18 +181,30 @@ def _run_batch(
     for s in req.sites:
         for j, layer in enumerate(req.layers):
             fns[f"blocks.{layer}.hook_{s}"] = make(s, j)
-    ids, mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
+    ids = batch.input_ids.to(dev)
     with hooks(model, fns):
-        if prefix is None:
-            forward_until(model, ids, mask, last_name)
+        if pack:
+            start = prefix.length if prefix else 0
+            mask = batch.mask(start, model.dtype).to(dev)
+            forward_until(model, ids, mask, last_name, start=start,
+                          cache=prefix.cache(model, ids.shape[0]) if prefix else None,
+                          position=batch.position_ids(start).to(dev))  # fmt: skip
+        elif prefix is None:
+            forward_until(model, ids, batch.attention_mask.to(dev), last_name)
         else:
             cache = prefix.cache(model, n)
-            forward_until(model, ids, mask, last_name, cache=cache, start=prefix.length)
+            forward_until(model, ids, batch.attention_mask.to(dev), last_name, cache=cache,
+                          start=prefix.length)  # fmt: skip
     return res
 
 
 def _forward(
-    model: LoadedModel, input_ids: Tensor, attention_mask: Tensor, cache=None, start: int = 0
+    model: LoadedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    cache=None,
+    start: int = 0,
+    position: Tensor | None = None,
 ) -> None:
     """Run the HF decoder stack (its blocks are the bridge's, so every HookPoint fires).
 
@@ -194,8 +212,15 @@ def _forward(
     never need; the activations are bit-identical to ``model.bridge(...)`` because the
     position ids come from the attention mask as the bridge computes them for
     left-padded batches (tested). With ``cache`` (an HF cache holding ``start``
-    tokens every row attends to), the batch continues after them.
+    tokens every row attends to), the batch continues after them. A 4D
+    ``attention_mask`` (a packed batch's, :mod:`probes.packing`) already covers those
+    tokens and comes with its ``position`` ids.
     """
+    if attention_mask.ndim == 4:
+        model.hf_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=position, past_key_values=cache,
+                                     use_cache=cache is not None)  # fmt: skip
+        return
     position = position_ids(attention_mask) + start
     if start:
         seen = attention_mask.new_ones((attention_mask.shape[0], start))
@@ -213,6 +238,7 @@ def forward_until(
     *,
     cache=None,
     start: int = 0,
+    position: Tensor | None = None,
 ) -> None:
     """Run the decoder on a batch and stop right after ``hook_name`` fires.
 
@@ -228,7 +254,7 @@ def forward_until(
 
     with hooks(model, {hook_name: stop}), torch.inference_mode():
         try:
-            _forward(model, input_ids, attention_mask, cache, start)
+            _forward(model, input_ids, attention_mask, cache, start, position)
         except _StopForward:
             pass
 
@@ -276,7 +302,9 @@ def record_slice(
     pad_id = model.tokenizer.pad_token_id
     prefix = _shared_prefix(model, req, encoded, share_prefix)
     rest = strip(encoded, prefix.length) if prefix else encoded
-    for batch in bucketed(rest, range(n), pad_id, max_tokens, max_batch):
+    pack = prefix is not None and packable(model.hf_model.config)
+    batches = (packed if pack else bucketed)(rest, range(n), pad_id, max_tokens, max_batch)
+    for batch in batches:
         got = _run_batch(model, req, rest, batch, out_dtype, prefix)
         rows = torch.tensor(batch.rows)
         for key, t in got.items():

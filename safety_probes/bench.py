@@ -30,6 +30,7 @@ from probes import data, load_model, record
 from probes.allocator import keep_freed_memory
 from probes.errors import BadInputError
 from probes.models import load_tokenizer, pick_device_dtype
+from probes.packing import packable, packed
 from probes.prefix import shared_prefix_length, strip
 from probes.prompts import bucketed, encode, position_ids
 
@@ -93,14 +94,16 @@ def _batches(tokenizer, n_prompts: int):
     )
 
 
-def _tokens(encoded, pad_id: int, shared: bool = False) -> tuple[int, int, int]:
+def _tokens(encoded, pad_id: int, shared: bool = False, pack: bool = False) -> tuple[int, int, int]:
     """(shared head length, real tokens, padded tokens) of record's batches of ``encoded``.
 
-    With ``shared``, the head every prompt starts with runs once, outside the batches.
+    With ``shared``, the head every prompt starts with runs once, outside the batches,
+    and the rest is packed (:mod:`probes.packing`) if ``pack`` (the model allows it).
     """
     head = shared_prefix_length(encoded, ["last"]) if shared else 0
     rest = strip(encoded, head)
-    batches = list(bucketed(rest, range(len(rest)), pad_id, MAX_TOKENS, MAX_BATCH))
+    batching = packed if head and pack else bucketed
+    batches = list(batching(rest, range(len(rest)), pad_id, MAX_TOKENS, MAX_BATCH))
     return head, sum(b.n_real_tokens for b in batches), sum(b.input_ids.numel() for b in batches)
 
 
@@ -191,9 +194,10 @@ def bench_record(model_name: str, n_prompts: int = 256, repeats: int = 2, rounds
     pad_id = model.tokenizer.pad_token_id
     enc, full = encode(model.tokenizer, prompts), encode(model.tokenizer, pool)
     _, real, padded = _tokens(enc, pad_id)
-    shared, real_shared, padded_shared = _tokens(enc, pad_id, shared=True)
+    pack = packable(model.hf_model.config)
+    shared, real_shared, padded_shared = _tokens(enc, pad_id, shared=True, pack=pack)
     _, full_real, full_padded = _tokens(full, pad_id)  # padding on the whole sets
-    _, full_real_shared, full_padded_shared = _tokens(full, pad_id, shared=True)
+    _, full_real_shared, full_padded_shared = _tokens(full, pad_id, shared=True, pack=pack)
     block_params = sum(p.numel() for p in model.hf_model.model.layers.parameters())
     flops = 2 * block_params * real
     run_tokens = {p: real for p in RECORD_PATHS}
