@@ -7,7 +7,9 @@ makes their activations, keys and values identical in every prompt, so
 ``probes.record(..., share_prefix=True)`` computes them once, as one row, and runs
 each batch on the remaining tokens with that key/value cache repeated over the batch
 (for qwen2.5-coder, 24 layers x 64 rows x 24 tokens: about 19 MB per batch). The
-same technique is what serving engines call prefix caching.
+same technique is what serving engines call prefix caching. The remaining tokens are
+short, so they are packed several prompts to a row (:mod:`probes.packing`) where the
+model's attention takes a custom mask, and left-padded in length buckets otherwise.
 
 It applies when
 

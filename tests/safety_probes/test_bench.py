@@ -23,6 +23,10 @@ def test_bench_record__accepts_a_model_folder(tiny_dir):
     assert 0 < doc["shared_prefix_tokens"] and shared < doc["real_tokens"]
     assert doc["run_tokens"]["record"] == doc["real_tokens"]
     assert doc["gflops_run"]["record_shared"] < doc["gflops"]["record_shared"]
+    # the peak is the best of the squares and the tiny model's projections at a full batch
+    shapes = doc["matmul_gflops_by_shape"]
+    assert {"4096x4096x4096", "4096x64x128", "4096x128x64", "4096x64x32"} <= set(shapes)
+    assert doc["matmul_peak_gflops"] == max(shapes.values()) > 0
 
 
 def test_bench_record__refuses_zero_repeats_or_rounds(tiny_dir):
