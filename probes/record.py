@@ -5,8 +5,9 @@ norm, no logits); each hook reduces the residual stream to the requested
 positions and copies it out at once; prompts run in length-bucketed,
 left-padded batches under ``torch.inference_mode`` (with ``share_prefix=True``
 the template head every prompt starts with runs once and its keys and values
-are reused, :mod:`probes.prefix`). Hooks are registered on the bridge's HookPoint
-modules and always removed, even on errors.
+are reused, :mod:`probes.prefix`, and the rest is packed, :mod:`probes.packing`).
+Hooks are registered on the bridge's HookPoint modules and always removed, even
+on errors.
 
 Example:
     >>> from probes import load_model, record
@@ -140,7 +141,8 @@ def _run_batch(
     """One forward on a batch; returns ``{(site, pos): [batch, n_layers, d]}`` (or tokens).
 
     With ``prefix``, ``encoded`` and ``batch`` hold the tokens after it, and the forward
-    attends to the prefix's cached keys and values.
+    attends to the prefix's cached keys and values. A :class:`~probes.packing.Packed`
+    batch holds several prompts per row; the rows of the result are its prompts.
     """
     dev = model.device
     n, d, n_l = len(batch.rows), model.d_model, len(req.layers)
@@ -357,11 +359,12 @@ def record(
         store: a folder; if given, record through the resumable on-disk store.
         max_tokens: padded-token budget per batch (memory bound).
         progress: show a tqdm bar (default: when more than 64 prompts).
-        share_prefix: compute the template head every prompt starts with once and
-            reuse its keys and values (:mod:`probes.prefix`; about 1.5x faster on the
-            zoo's templates, same activations up to rounding; opt-in because rounding
-            moves results that sit on a threshold). Not with position ``all``, nor
-            while other hooks are attached.
+        share_prefix: compute the template head every prompt starts with once,
+            reuse its keys and values (:mod:`probes.prefix`) and pack the rest several
+            prompts to a row (:mod:`probes.packing`); 1.7-1.8x faster on qwen2.5-coder
+            here, same activations up to rounding; opt-in because rounding moves
+            results that sit on a threshold. Not with position ``all``, nor while
+            other hooks are attached.
 
     Returns:
         :class:`~probes.activations.Activations` in the order of ``prompts``.

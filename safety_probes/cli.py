@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--share-prefix",
         action="store_true",
-        help="run the prompts' common template head once and reuse it (~1.5x; rounding-level)",
+        help="run the prompts' common template head once, pack the rest (~1.8x; rounding-level)",
     )
     sp.add_argument("--out", required=True)
     probe = sub.add_parser("probe", help="train or apply harmful-intent probes")

@@ -106,3 +106,16 @@ def test_record__packed_prefix_with_sdpa_attention(tiny_dir, prompts):
     got = record(m, prompts, share_prefix=True, **kw)
     for key in full.data:
         torch.testing.assert_close(got.data[key], full.data[key], atol=1e-5, rtol=1e-5)
+
+
+def test_record_to_store__packed_shards_equal_the_full_forward(tiny, prompts, tmp_path):
+    from probes.store import record_to_store
+
+    many = prompts * 5
+    kw = dict(layers="all", positions=["last", "mean"], system=SYSTEM)
+    store = record_to_store(tiny, many, tmp_path / "s", shard_size=8, share_prefix=True,
+                            max_tokens=2 * ROW_QUANTUM, progress=False, **kw)  # fmt: skip
+    assert len(store.manifest["shards"]) == 4
+    got, full = store.load(), record(tiny, many, progress=False, **kw)
+    for key in full.data:
+        torch.testing.assert_close(got.data[key], full.data[key], atol=1e-5, rtol=1e-5)
