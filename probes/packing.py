@@ -52,15 +52,22 @@ class Packed:
     def n_real_tokens(self) -> int:
         return int(self.length.sum())
 
+    def _tokens(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For every real token: its row, its column, its prompt's place in ``rows`` and
+        its offset within that prompt. Each of shape [n_real_tokens]."""
+        who = torch.repeat_interleave(torch.arange(len(self.rows)), self.length)
+        first = torch.cumsum(self.length, 0) - self.length  # each prompt's first token
+        within = torch.arange(int(self.length.sum())) - first[who]
+        return self.row[who], self.start[who] + within, who, within
+
     def segments(self) -> Tensor:
         """Which prompt (its place in ``rows``) each token belongs to; -1 for padding.
 
         Shape [n_rows, width].
         """
         seg = torch.full(self.input_ids.shape, -1, dtype=torch.long)
-        for i in range(len(self.rows)):
-            a = int(self.start[i])
-            seg[int(self.row[i]), a : a + int(self.length[i])] = i
+        row, col, who, _ = self._tokens()
+        seg[row, col] = who
         return seg
 
     def mask(self, prefix: int, dtype: torch.dtype) -> Tensor:
@@ -83,9 +90,8 @@ class Packed:
     def position_ids(self, offset: int) -> Tensor:
         """Each prompt's positions count on from ``offset`` (padding gets ``offset``)."""
         pos = torch.full(self.input_ids.shape, offset, dtype=torch.long)
-        for i in range(len(self.rows)):
-            a, n = int(self.start[i]), int(self.length[i])
-            pos[int(self.row[i]), a : a + n] = torch.arange(offset, offset + n)
+        row, col, _, within = self._tokens()
+        pos[row, col] = offset + within
         return pos
 
     def index(self, label: str) -> tuple[Tensor, Tensor]:
