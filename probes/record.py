@@ -183,20 +183,15 @@ def _run_batch(
     for s in req.sites:
         for j, layer in enumerate(req.layers):
             fns[f"blocks.{layer}.hook_{s}"] = make(s, j)
-    ids = batch.input_ids.to(dev)
+    ids, start, position = batch.input_ids.to(dev), prefix.length if prefix else 0, None
+    if pack:  # a 4D mask over the prefix and the rows, with its own position ids
+        mask = batch.mask(start, model.dtype).to(dev)
+        position = batch.position_ids(start).to(dev)
+    else:
+        mask = batch.attention_mask.to(dev)
+    cache = prefix.cache(model, ids.shape[0]) if prefix else None
     with hooks(model, fns):
-        if pack:
-            start = prefix.length if prefix else 0
-            mask = batch.mask(start, model.dtype).to(dev)
-            forward_until(model, ids, mask, last_name, start=start,
-                          cache=prefix.cache(model, ids.shape[0]) if prefix else None,
-                          position=batch.position_ids(start).to(dev))  # fmt: skip
-        elif prefix is None:
-            forward_until(model, ids, batch.attention_mask.to(dev), last_name)
-        else:
-            cache = prefix.cache(model, n)
-            forward_until(model, ids, batch.attention_mask.to(dev), last_name, cache=cache,
-                          start=prefix.length)  # fmt: skip
+        forward_until(model, ids, mask, last_name, cache=cache, start=start, position=position)
     return res
 
 
@@ -218,15 +213,11 @@ def _forward(
     ``attention_mask`` (a packed batch's, :mod:`probes.packing`) already covers those
     tokens and comes with its ``position`` ids.
     """
-    if attention_mask.ndim == 4:
-        model.hf_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                     position_ids=position, past_key_values=cache,
-                                     use_cache=cache is not None)  # fmt: skip
-        return
-    position = position_ids(attention_mask) + start
-    if start:
-        seen = attention_mask.new_ones((attention_mask.shape[0], start))
-        attention_mask = torch.cat([seen, attention_mask], dim=1)
+    if attention_mask.ndim == 2:
+        position = position_ids(attention_mask) + start
+        if start:
+            seen = attention_mask.new_ones((attention_mask.shape[0], start))
+            attention_mask = torch.cat([seen, attention_mask], dim=1)
     model.hf_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position, past_key_values=cache,
                                  use_cache=cache is not None)  # fmt: skip
